@@ -1,0 +1,232 @@
+"""The Qwen2 decoder with Mixture-of-Transformer experts (MoT), over packed token streams.
+
+Every layer holds two full weight sets: the understanding expert (`q_proj`, `mlp`, ...) and the
+generation expert (`q_proj_moe_gen`, `mlp_moe_gen`, ...). Tokens of all samples in a pack share ONE
+self-attention; each token's norms, projections and MLP come from its own expert, chosen by a
+boolean `gen_mask` (True = generation expert). Routing is positional and given by the caller.
+
+Attention is described by `AttentionSpec`: either per-sample dense masks (training packs) or
+"attend to the whole KV cache, causal / full among the new tokens" (inference with a cache).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LLMConfig
+from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
+
+
+def _route(x: torch.Tensor, gen_mask: torch.Tensor | None, und_fn, gen_fn, out_dim: int | None = None):
+    """Apply `und_fn` to understanding tokens and `gen_fn` to generation tokens (row-wise)."""
+    if gen_mask is None or not bool(gen_mask.any()):
+        return und_fn(x)
+    if bool(gen_mask.all()):
+        return gen_fn(x)
+    und_idx = (~gen_mask).nonzero(as_tuple=True)[0]
+    gen_idx = gen_mask.nonzero(as_tuple=True)[0]
+    und_out = und_fn(x[und_idx])
+    gen_out = gen_fn(x[gen_idx])
+    out = und_out.new_empty((x.shape[0],) + tuple(und_out.shape[1:]))
+    out = out.index_copy(0, und_idx, und_out).index_copy(0, gen_idx, gen_out)
+    return out
+
+
+@dataclass
+class KVCache:
+    """Keys/values of one sequence, per layer: [tokens, kv_heads, head_dim]."""
+
+    num_layers: int
+    keys: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.keys:
+            self.keys = [None] * self.num_layers
+            self.values = [None] * self.num_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[0]
+
+    def clone(self) -> "KVCache":
+        return KVCache(self.num_layers, list(self.keys), list(self.values))
+
+
+@dataclass
+class AttentionSpec:
+    """How the new tokens attend.
+
+    - training packs: `sample_lens` + `masks` (one [L, L] bool mask per sample, True = may attend);
+    - cached inference: `cache` (may be empty) + `causal` among the new tokens; `update_cache`
+      appends the new keys/values (False for denoising steps that must not grow the prefix).
+    """
+
+    sample_lens: list[int] | None = None
+    masks: list[torch.Tensor] | None = None
+    cache: KVCache | None = None
+    causal: bool = True
+    update_cache: bool = True
+
+
+class MoTAttention(nn.Module):
+    def __init__(self, cfg: LLMConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        d, hq, hkv = cfg.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        for suffix in ("", "_moe_gen"):
+            setattr(self, f"q_proj{suffix}", nn.Linear(d, hq, bias=True))
+            setattr(self, f"k_proj{suffix}", nn.Linear(d, hkv, bias=True))
+            setattr(self, f"v_proj{suffix}", nn.Linear(d, hkv, bias=True))
+            setattr(self, f"o_proj{suffix}", nn.Linear(hq, d, bias=False))
+            norm = (lambda: RMSNorm(self.head_dim, cfg.rms_norm_eps)) if cfg.qk_norm else nn.Identity
+            setattr(self, f"q_norm{suffix}", norm())
+            setattr(self, f"k_norm{suffix}", norm())
+
+    def _qkv(self, x: torch.Tensor, gen: bool):
+        s = "_moe_gen" if gen else ""
+        n = x.shape[0]
+        q = getattr(self, f"q_proj{s}")(x).view(n, self.num_heads, self.head_dim)
+        k = getattr(self, f"k_proj{s}")(x).view(n, self.num_kv_heads, self.head_dim)
+        v = getattr(self, f"v_proj{s}")(x).view(n, self.num_kv_heads, self.head_dim)
+        q = getattr(self, f"q_norm{s}")(q)
+        k = getattr(self, f"k_norm{s}")(k)
+        return torch.cat([q.flatten(1), k.flatten(1), v.flatten(1)], dim=-1)
+
+    def forward(self, x, gen_mask, cos, sin, spec: AttentionSpec) -> torch.Tensor:
+        n = x.shape[0]
+        qkv = _route(x, gen_mask, lambda t: self._qkv(t, False), lambda t: self._qkv(t, True))
+        hq, hkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q = qkv[:, :hq].view(n, self.num_heads, self.head_dim)
+        k = qkv[:, hq : hq + hkv].view(n, self.num_kv_heads, self.head_dim)
+        v = qkv[:, hq + hkv :].view(n, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if spec.cache is None:
+            out = self._packed_attention(q, k, v, spec)
+        else:
+            out = self._cached_attention(q, k, v, spec)
+        out = out.reshape(n, hq)
+        return _route(out, gen_mask, self.o_proj, self.o_proj_moe_gen)
+
+    def _sdpa(self, q, k, v, mask=None, is_causal=False):
+        # [L, H, D] -> [1, H, L, D]; GQA handled by repeating kv heads (works on every SDPA backend).
+        groups = self.num_heads // self.num_kv_heads
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return o.squeeze(0).transpose(0, 1)
+
+    def _packed_attention(self, q, k, v, spec: AttentionSpec):
+        outs, start = [], 0
+        for length, mask in zip(spec.sample_lens, spec.masks):
+            sl = slice(start, start + length)
+            outs.append(self._sdpa(q[sl], k[sl], v[sl], mask=mask))
+            start += length
+        return torch.cat(outs, dim=0)
+
+    def _cached_attention(self, q, k, v, spec: AttentionSpec):
+        cache = spec.cache
+        past_k, past_v = cache.keys[self.layer_idx], cache.values[self.layer_idx]
+        if past_k is not None:
+            k_all, v_all = torch.cat([past_k, k], 0), torch.cat([past_v, v], 0)
+        else:
+            k_all, v_all = k, v
+        if spec.update_cache:
+            cache.keys[self.layer_idx], cache.values[self.layer_idx] = k_all, v_all
+        n_new, n_all = q.shape[0], k_all.shape[0]
+        mask = None
+        if spec.causal and n_new > 1:
+            # The prefix is fully visible; among new tokens, bottom-right-aligned causal.
+            mask = torch.ones(n_new, n_all, dtype=torch.bool, device=q.device).tril(n_all - n_new)
+        return self._sdpa(q, k_all, v_all, mask=mask)
+
+
+class MoTDecoderLayer(nn.Module):
+    def __init__(self, cfg: LLMConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = MoTAttention(cfg, layer_idx)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+        self.mlp_moe_gen = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, gen_mask, cos, sin, spec):
+        h = _route(x, gen_mask, self.input_layernorm, self.input_layernorm_moe_gen)
+        x = x + self.self_attn(h, gen_mask, cos, sin, spec)
+        h = _route(
+            x,
+            gen_mask,
+            lambda t: self.mlp(self.post_attention_layernorm(t)),
+            lambda t: self.mlp_moe_gen(self.post_attention_layernorm_moe_gen(t)),
+        )
+        return x + h
+
+
+class Qwen2MoTModel(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        if cfg.layer_module != "Qwen2MoTDecoderLayer":
+            raise ValueError(f"only the MoT layout is implemented, got layer_module={cfg.layer_module!r}")
+        if cfg.rope_scaling not in (None, {}) and (cfg.rope_scaling or {}).get("rope_type", "default") != "default":
+            raise ValueError(f"rope_scaling {cfg.rope_scaling} is not supported (BAGEL uses plain RoPE)")
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(MoTDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+
+    def forward(self, x, position_ids, gen_mask, spec: AttentionSpec) -> torch.Tensor:
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        for layer in self.layers:
+            x = layer(x, gen_mask, cos, sin, spec)
+        return _route(x, gen_mask, self.norm, self.norm_moe_gen)
+
+
+class Qwen2MoTForCausalLM(nn.Module):
+    """`model` + `lm_head`, named as in the release (`language_model.model.*`, `language_model.lm_head`)."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen2MoTModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, x, position_ids, gen_mask, spec: AttentionSpec) -> torch.Tensor:
+        return self.model(x, position_ids, gen_mask, spec)
+
+
+def sample_attention_mask(split_lens: list[int], attn_modes: list[str], device=None) -> torch.Tensor:
+    """Bool mask [L, L] of one sample made of splits (True = may attend), as BAGEL builds it.
+
+    causal: causal inside the split, sees all earlier splits; full: bidirectional inside the split;
+    noise: like full, but no later token may look at a noised split (they see its clean twin instead).
+    """
+    total = sum(split_lens)
+    mask = torch.zeros(total, total, dtype=torch.bool, device=device)
+    start = 0
+    for length, mode in zip(split_lens, attn_modes):
+        if mode not in ("causal", "full", "noise"):
+            raise ValueError(f"unknown attention mode {mode!r}")
+        sl = slice(start, start + length)
+        block = torch.ones(length, length, dtype=torch.bool, device=device)
+        mask[sl, sl] = block.tril() if mode == "causal" else block
+        mask[sl, :start] = True
+        start += length
+    start = 0
+    for length, mode in zip(split_lens, attn_modes):
+        if mode == "noise":
+            sl = slice(start, start + length)
+            mask[:, sl] = False
+            mask[sl, sl] = True
+        start += length
+    return mask
