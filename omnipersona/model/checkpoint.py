@@ -43,8 +43,8 @@ class LoadedBagel:
 
     model: Bagel
     vae: FluxVAE
-    tokenizer: object
-    special: SpecialTokens
+    tokenizer: object | None
+    special: SpecialTokens | None
     config: BagelConfig
     fingerprint: str
     path: str
@@ -151,7 +151,9 @@ def load_bagel(path: str, device: str | torch.device = "cpu", dtype: torch.dtype
     del missing_ae
     vae = vae.to(device=device, dtype=dtype).eval()
 
-    tokenizer, special = load_tokenizer(folder)
+    # The weights load without tokenizer files (e.g. a bare converted checkpoint); text needs them.
+    has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    tokenizer, special = load_tokenizer(folder) if has_tokenizer else (None, None)
     return LoadedBagel(model.eval(), vae, tokenizer, special, cfg, fingerprint, str(path))
 
 

@@ -1,0 +1,113 @@
+"""OmniPersona core on the tiny model: pack equivalence, concept-token routing, learning."""
+import numpy as np
+import pytest
+import torch
+
+from omnipersona.concepts.bank import ConceptBank
+from omnipersona.concepts.init import init_concept
+from omnipersona.concepts.prompts import encode, system_prompt_ids
+from omnipersona.concepts.samples import ConceptExample, SampleBuilder
+from omnipersona.model.sampling import append_text, new_context
+from omnipersona.training import ConceptPool, TrainConfig, compute_loss, train_pack
+
+
+def images(seed, n, size=64):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (1, 1, 3))
+    return [np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def pool(key, seed):
+    imgs = images(seed, 3)
+    other = images(seed + 1000, 2)
+    examples = [
+        ConceptExample(0, "recognition", "Is <sks> in this image?", "Yes", image=imgs[0]),
+        ConceptExample(0, "recognition", "Is <sks> in this image?", "No", image=other[0]),
+        ConceptExample(0, "text_qa", "What is the toy of <sks>?", "The toy of <sks> is a black excavator."),
+        ConceptExample(0, "t2i", "A photo of <sks>.", target=imgs[1]),
+        ConceptExample(0, "edit", "remove <sks> from the image.", image=imgs[2], target=other[1]),
+    ]
+    return ConceptPool(key, examples)
+
+
+def new_bank(bundle, n, mode="decoupled", nu=4, ng=4):
+    cfg = bundle.config.llm
+    bank = ConceptBank(n, cfg.hidden_size, cfg.vocab_size, nu, ng, mode=mode)
+    for slot in range(n):
+        init_concept(bank, slot, bundle, "dog", images(slot, 2), seed=slot)
+    return bank
+
+
+def test_pack_of_8_equals_each_concept_alone(tiny_bagel):
+    cfg = TrainConfig(steps=3, batch_size=2, lr=5e-2, num_und_tokens=4, num_gen_tokens=4)
+    pools = [pool(f"t/c{i}", i) for i in range(8)]
+    packed = new_bank(tiny_bagel, 8)
+    init_state = {k: v.clone() for k, v in packed.state_dict().items()}
+    train_pack(tiny_bagel, packed, pools, cfg)
+    for i in range(8):
+        alone = new_bank(tiny_bagel, 1)
+        with torch.no_grad():
+            for name, value in init_state.items():
+                getattr(alone, name)[0] = value[i]
+        train_pack(tiny_bagel, alone, [pools[i]], cfg)
+        for name in ("identifier", "und_tokens", "gen_tokens", "identifier_output"):
+            trained = getattr(packed, name)[i]
+            assert not torch.allclose(trained, init_state[name][i]), f"{name} of concept {i} did not train"
+            torch.testing.assert_close(getattr(alone, name)[0], trained, atol=2e-5, rtol=1e-4)
+
+
+def _capture_gen_masks(model):
+    seen = []
+    handle = model.language_model.register_forward_hook(lambda m, args, out: seen.append(args[2].clone()))
+    return seen, handle
+
+
+def test_concept_tokens_routed_to_their_experts_in_training_and_prefill(tiny_bagel):
+    bank = new_bank(tiny_bagel, 2)
+    builder = SampleBuilder(tiny_bagel, bank)
+    batch = builder.batch([ConceptExample(1, "text_qa", "What is the toy of <sks>?", "a kite")])
+    p = batch.packed
+    seen, handle = _capture_gen_masks(tiny_bagel.model)
+    with torch.no_grad():
+        compute_loss(tiny_bagel, bank, batch, TrainConfig().loss_weights)
+        ctx = new_context(tiny_bagel.model)
+        sys_ids = system_prompt_ids(tiny_bagel.tokenizer, bank, 1)
+        append_text(tiny_bagel.model, ctx, sys_ids, tiny_bagel.special, bank.table(), bank.virtual_gen_start)
+    handle.remove()
+    train_mask, prefill_mask = seen
+    rows = dict(zip(p.virtual_indexes.tolist(), p.virtual_rows.tolist()))
+    vocab = bank.vocab_size
+    gen_rows = {i - vocab for i in bank.gen_ids(1)}
+    und_rows = {i - vocab for i in bank.und_ids(1)} | {bank.identifier_id(1) - vocab}
+    assert {r for pos, r in rows.items() if train_mask[pos]} == gen_rows
+    assert {r for pos, r in rows.items() if not train_mask[pos]} == und_rows
+    # Prefill: <bos> + system prompt + <eos>; gen tokens exactly at their positions.
+    expected = torch.tensor([False] + [t in bank.gen_ids(1) for t in sys_ids] + [False])
+    assert torch.equal(prefill_mask, expected)
+    # Perturbing the generation expert changes gen-token outputs only (same layer input).
+    from omnipersona.model.llm import _route
+
+    layer = tiny_bagel.model.language_model.model.layers[0]
+    x = torch.randn(len(expected), bank.hidden_size)
+    f = lambda: _route(x, expected, lambda t: layer.mlp(t), lambda t: layer.mlp_moe_gen(t))
+    with torch.no_grad():
+        before = f()
+        layer.mlp_moe_gen.up_proj.weight.mul_(2.0)
+        after = f()
+    assert torch.equal(before[~expected], after[~expected]) and not torch.allclose(before[expected], after[expected])
+
+
+def test_shared_mode_has_no_generation_tokens_and_trains(tiny_bagel):
+    bank = new_bank(tiny_bagel, 1, mode="shared")
+    assert bank.num_gen == 0 and bank.num_und == 8 and bank.virtual_gen_start is None
+    before = bank.und_tokens.detach().clone()
+    train_pack(tiny_bagel, bank, [pool("t/s", 3)], TrainConfig(steps=2, batch_size=2, mode="shared"))
+    assert not torch.allclose(before, bank.und_tokens)
+
+
+def test_placeholders_map_to_own_identifiers(tiny_bagel):
+    bank = new_bank(tiny_bagel, 3)
+    tok = tiny_bagel.tokenizer
+    ids = encode(tok, "Is <maeve> with <rex>?", {"maeve": bank.identifier_id(0), "rex": bank.identifier_id(2)})
+    assert bank.identifier_id(0) in ids and bank.identifier_id(2) in ids and bank.identifier_id(1) not in ids
+    assert len(set(bank.und_ids(0)) & set(bank.und_ids(1))) == 0

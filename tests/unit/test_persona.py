@@ -1,0 +1,107 @@
+"""Concept artifacts, the inference API, knowledge replay and a real learning signal (tiny model)."""
+import numpy as np
+import pytest
+import torch
+
+from omnipersona.concepts.artifact import BaseModelMismatchError, ConceptArtifact, ConceptManifest
+from omnipersona.concepts.bank import ConceptBank
+from omnipersona.concepts.init import init_concept
+from omnipersona.concepts.samples import ConceptExample, SampleBuilder
+from omnipersona.infer.engine import Persona
+from omnipersona.training import ConceptPool, TrainConfig, compute_loss, train_pack
+
+
+def views(seed, n, colour, size=64):
+    """Noisy views of one 'concept': a fixed colour blob at random places."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = rng.normal(128, 40, (size, size, 3))
+        y, x = rng.integers(8, size - 24, 2)
+        img[y : y + 16, x : x + 16] = colour
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def artifact_for(bundle, bank, slot, name):
+    tensors = bank.concept_tensors(slot)
+    manifest = ConceptManifest(
+        tenant="acme", concept=name, display_name=name, class_word="dog", training_config_hash="0" * 16,
+        data_digest="d" * 16, base_model_id=bundle.config.model_id, base_fingerprint=bundle.fingerprint,
+    )
+    return ConceptArtifact(**tensors, manifest=manifest, mode=bank.mode)
+
+
+@pytest.fixture()
+def trained(tiny_bagel):
+    cfg = TrainConfig(steps=2, batch_size=2, num_und_tokens=4, num_gen_tokens=4)
+    c = tiny_bagel.config.llm
+    bank = ConceptBank(1, c.hidden_size, c.vocab_size, 4, 4)
+    imgs = views(0, 4, (250, 20, 20))
+    init_concept(bank, 0, tiny_bagel, "dog", imgs)
+    pool = ConceptPool("acme/maeve", [
+        ConceptExample(0, "recognition", "Is <sks> in this image?", "Yes", image=imgs[0]),
+        ConceptExample(0, "t2i", "A photo of <sks>.", target=imgs[1]),
+    ])
+    train_pack(tiny_bagel, bank, [pool], cfg)
+    return bank
+
+
+def test_artifact_round_trip_into_persona(tiny_bagel, trained, tmp_path):
+    art = artifact_for(tiny_bagel, trained, 0, "maeve")
+    art.save(tmp_path / "maeve")
+    loaded = ConceptArtifact.load(tmp_path / "maeve", expected_fingerprint=tiny_bagel.fingerprint)
+    for name in ("identifier", "und_tokens", "gen_tokens", "identifier_output"):
+        assert torch.equal(getattr(loaded, name), getattr(art, name))
+    persona = Persona.from_artifacts(tiny_bagel, [loaded, artifact_for(tiny_bagel, trained, 0, "rex")])
+    ans = persona.understand("Is <maeve> in this image?", image=views(1, 1, (250, 20, 20))[0])
+    assert isinstance(ans.text, str) and 0.0 <= ans.yes_probability <= 1.0
+    with pytest.raises(BaseModelMismatchError) as err:
+        ConceptArtifact.load(tmp_path / "maeve", expected_fingerprint="f" * 32)
+    assert tiny_bagel.fingerprint in str(err.value) and "f" * 32 in str(err.value)
+
+
+def test_generate_and_edit_with_and_without_replay(tiny_bagel, trained):
+    from omnipersona.model.sampling import FlowSampling
+
+    persona = Persona.from_artifacts(tiny_bagel, [artifact_for(tiny_bagel, trained, 0, "maeve")], sampling=FlowSampling(num_steps=3))
+    plain = persona.generate("maeve", "Generate a toy for <maeve>.", replay=False)
+    assert plain.prompt_used == "Generate a toy for <maeve>." and plain.replay is None
+    assert plain.image.size == (64, 64)
+    replayed = persona.generate("maeve", "Generate a toy for <maeve>.", replay=True)
+    trace = replayed.replay
+    assert trace.request == "Generate a toy for <maeve>."
+    assert trace.intent_prompt.count("Request:") == 7 and "Question:" in trace.intent_prompt
+    assert "<maeve>" in trace.question and isinstance(trace.answer, str)
+    assert replayed.prompt_used == trace.rewritten and trace.rewritten.startswith("Generate a toy for <maeve>")
+    edited = persona.edit("maeve", views(2, 1, (250, 20, 20))[0], "remove <maeve>.", replay=False)
+    assert edited.image.size == (64, 64) and edited.prompt_used == "remove <maeve>."
+
+
+def test_training_lowers_held_out_recognition_loss(tiny_bagel):
+    """Held-out views of the concept ('Yes') and negatives ('No'): trained tokens beat untrained ones."""
+    colour = (250, 20, 20)
+    train_pos, train_neg = views(10, 6, colour), views(11, 6, (20, 20, 250))
+    held_pos, held_neg = views(20, 6, colour), views(21, 6, (20, 250, 20))
+    c = tiny_bagel.config.llm
+    bank = ConceptBank(1, c.hidden_size, c.vocab_size, 16, 16)
+    init_concept(bank, 0, tiny_bagel, "dog", train_pos[:2])
+    q = "Is <sks> in this image?"
+    pool = ConceptPool("acme/maeve", [ConceptExample(0, "recognition", q, "Yes", image=i) for i in train_pos]
+                       + [ConceptExample(0, "recognition", q, "No", image=i) for i in train_neg])
+    held = [ConceptExample(0, "recognition", q, "Yes", image=i, seed=k) for k, i in enumerate(held_pos)] + \
+           [ConceptExample(0, "recognition", q, "No", image=i, seed=k) for k, i in enumerate(held_neg)]
+    # A random tiny backbone caps how far tokens can move its outputs; the paper's defaults (16+16
+    # tokens) and a high lr show the effect within seconds. Issue 7's pretrained base measures more.
+    cfg = TrainConfig(steps=30, batch_size=4, lr=0.1, vit_size=32)
+
+    def held_out_loss():
+        with torch.no_grad():
+            batch = SampleBuilder(tiny_bagel, bank, vit_size=32).batch(held)
+            _, table = compute_loss(tiny_bagel, bank, batch, cfg.loss_weights)
+        return float(table["ce"][0])
+
+    before = held_out_loss()
+    train_pack(tiny_bagel, bank, [pool], cfg)
+    after = held_out_loss()
+    assert after < before - 1.0, f"held-out recognition loss {before:.3f} -> {after:.3f} (nats per answer token)"
