@@ -284,7 +284,8 @@ class ConceptArtifact:
             raise ArtifactFormatError(f"inconsistent concept tensors at {tensors_path}: {e}") from e
         if metadata.get("hidden_size") != str(artifact.hidden_size):
             raise ArtifactFormatError(
-                f"{tensors_path} metadata says hidden_size={metadata.get('hidden_size')}, tensors have {artifact.hidden_size}"
+                f"{tensors_path} metadata says hidden_size={metadata.get('hidden_size')}, "
+                f"tensors have {artifact.hidden_size}"
             )
 
         if expected_fingerprint is not None and expected_fingerprint != manifest.base_fingerprint:

@@ -1,0 +1,91 @@
+"""Names and tag keys the MLflow registry stage writes, in one place.
+
+Registered model names are tenant-scoped: ``<prefix>.<tenant>.<concept>``, e.g.
+``omnipersona.acme.rex``. Tenant and concept ids use ``[a-z0-9][a-z0-9_-]{0,62}`` (no dots), so
+the dots separate exactly three parts and two different (tenant, concept) pairs can never map to
+the same name. The charset also keeps the names valid for MLflow (which forbids '/' and ':') and
+safe to quote inside MLflow filter strings.
+"""
+from __future__ import annotations
+
+import re
+
+from omnipersona.concepts.artifact import validate_id_part
+
+DEFAULT_PREFIX = "omnipersona"
+PREFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Digests, config hashes and job ids go into filter strings: no quotes, no backslashes.
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
+
+# Tags on model versions and logged models (also used as search keys).
+TAG_TENANT = "tenant"
+TAG_CONCEPT = "concept"
+TAG_DATA_DIGEST = "data_digest"
+TAG_CONFIG_HASH = "config_hash"
+TAG_BASE_FINGERPRINT = "base_fingerprint"
+TAG_BASE_MODEL_ID = "base_model_id"
+TAG_JOB_ID = "job_id"
+TAG_GATE = "gate"  # "passed" | "failed" | "not_evaluated"
+TAG_GATE_REASONS = "gate_reasons"
+TAG_PREVIOUS_CHAMPION = "previous_champion"  # on a promoted version: the champion it replaced
+TAG_ROLLED_BACK_AT = "rolled_back_at"
+TAG_LAST_ROLLBACK = "last_rollback"  # on the registered model: "<from> -> <to>"
+
+# Tags on the job run.
+RUN_TAG_JOB_ID = "omnipersona.job_id"
+RUN_TAG_SNAPSHOT_URI = "omnipersona.snapshot_uri"
+RUN_TAG_SNAPSHOT_DIGEST = "omnipersona.snapshot_digest"
+RUN_TAG_CONFIG_HASH = "omnipersona.config_hash"
+RUN_TAG_CODE_VERSION = "omnipersona.code_version"
+RUN_TAG_BASE_MODEL_ID = "omnipersona.base_model_id"
+RUN_TAG_BASE_FINGERPRINT = "omnipersona.base_fingerprint"
+RUN_TAG_ZERO_STAGE = "omnipersona.zero_stage"
+RUN_TAG_RAY_SUBMISSION_ID = "omnipersona.ray_submission_id"
+
+LOGGED_MODEL_TYPE = "omnipersona-concept"
+
+
+def registered_model_name(tenant: str, concept: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """``<prefix>.<tenant>.<concept>``; raises ``ValueError`` for ids outside the safe charset."""
+    if not PREFIX_PATTERN.match(prefix):
+        raise ValueError(f"invalid registry prefix {prefix!r}: use lowercase a-z, 0-9, '_' or '-'")
+    return f"{prefix}.{validate_id_part(tenant, 'tenant')}.{validate_id_part(concept, 'concept')}"
+
+
+def logged_model_name(tenant: str, concept: str) -> str:
+    """Display name of a concept's LoggedModel. MLflow forbids '.' there, so it differs from the
+    registered model name; it is descriptive only (tags identify the concept)."""
+    return f"{validate_id_part(tenant, 'tenant')}__{validate_id_part(concept, 'concept')}"
+
+
+def checked_token(value: str, what: str) -> str:
+    """A digest or hash that is safe to put in a filter string."""
+    if not isinstance(value, str) or not TOKEN_PATTERN.match(value):
+        raise ValueError(f"invalid {what} {value!r}: expected 1-128 characters of A-Z, a-z, 0-9, '_', '.', ':' or '-'")
+    return value
+
+
+def version_filter(name: str, data_digest: str, config_hash: str) -> str:
+    """Filter string matching the model versions trained from this data with this config."""
+    return (
+        f"name = '{name}' AND tags.{TAG_DATA_DIGEST} = '{checked_token(data_digest, 'data digest')}' "
+        f"AND tags.{TAG_CONFIG_HASH} = '{checked_token(config_hash, 'config hash')}'"
+    )
+
+
+def logged_model_filter(
+    tenant: str, concept: str, data_digest: str | None = None, config_hash: str | None = None
+) -> str:
+    """Filter string for ``search_logged_models`` over one concept's logged models."""
+    parts = [
+        f"tags.{TAG_TENANT} = '{validate_id_part(tenant, 'tenant')}'",
+        f"tags.{TAG_CONCEPT} = '{validate_id_part(concept, 'concept')}'",
+    ]
+    if data_digest is not None:
+        parts.append(f"tags.{TAG_DATA_DIGEST} = '{checked_token(data_digest, 'data digest')}'")
+    if config_hash is not None:
+        parts.append(f"tags.{TAG_CONFIG_HASH} = '{checked_token(config_hash, 'config hash')}'")
+    return " AND ".join(parts)

@@ -1,0 +1,337 @@
+"""Registry stage against a real MLflow server (sqlite backend, proxied artifacts)."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+
+import boto3
+import mlflow.pyfunc
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from pyarrow import fs as pafs
+
+from omnipersona.concepts.artifact import BaseModelMismatchError, ConceptArtifact, ConceptManifest
+from pipelines.register import (
+    ConceptRegistry,
+    GateConfig,
+    JobRunSpec,
+    RetryPolicy,
+    call_with_retries,
+    create_once,
+)
+from pipelines.registry_names import CANDIDATE_ALIAS, CHAMPION_ALIAS, registered_model_name
+
+pytestmark = pytest.mark.integration
+
+HIDDEN = 8
+GATE = GateConfig(minimums={"recognition_accuracy": 0.6})
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def write_artifact(folder, tenant: str, concept: str, data_digest: str, config_hash: str = "cfg0001", seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    manifest = ConceptManifest(
+        tenant=tenant,
+        concept=concept,
+        display_name=concept.title(),
+        class_word="dog",
+        training_config_hash=config_hash,
+        data_digest=data_digest,
+        base_model_id="bagel-tiny",
+        base_fingerprint="fp-tiny",
+        metrics={"loss_text": 0.5},
+        created_at=datetime(2026, 11, 27, tzinfo=timezone.utc),
+    )
+    artifact = ConceptArtifact(
+        torch.randn(1, HIDDEN, generator=g),
+        torch.randn(3, HIDDEN, generator=g),
+        torch.randn(3, HIDDEN, generator=g),
+        torch.randn(HIDDEN, generator=g),
+        manifest,
+    )
+    artifact.save(folder)
+    return artifact
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_server) -> ConceptRegistry:
+    return ConceptRegistry(
+        mlflow_server.tracking_uri,
+        experiment_name=unique("test-register"),
+        retry=RetryPolicy(attempts=2, initial_delay_s=0.1),
+    )
+
+
+@pytest.fixture(scope="module")
+def run_id(registry) -> str:
+    spec = JobRunSpec(
+        job_id=unique("job"),
+        snapshot_uri="s3://uploads/snapshots/2026-11-27",
+        snapshot_digest="snap123",
+        config_hash="cfg0001",
+        base_model_id="bagel-tiny",
+        base_fingerprint="fp-tiny",
+        zero_stage=2,
+        ray_submission_id="raysubmit_abc",
+    )
+    return registry.start_job_run(spec)
+
+
+def test_job_run_carries_tags_and_is_reused_on_rerun(registry, mlflow_server):
+    spec = JobRunSpec(
+        job_id=unique("job"),
+        snapshot_uri="s3://b/uploads",
+        snapshot_digest="snap",
+        config_hash="c1",
+        base_model_id="bagel-tiny",
+        base_fingerprint="fp-tiny",
+        zero_stage=3,
+    )
+    first = registry.start_job_run(spec)
+    registry.end_job_run(first, "FAILED")
+    again = registry.start_job_run(spec)
+    assert again == first
+    run = MlflowClient(mlflow_server.tracking_uri).get_run(first)
+    assert run.info.run_name == spec.job_id
+    assert run.info.status == "RUNNING"
+    tags = run.data.tags
+    assert tags["omnipersona.snapshot_uri"] == "s3://b/uploads"
+    assert tags["omnipersona.zero_stage"] == "3"
+    assert tags["omnipersona.code_version"]
+
+
+def test_register_creates_version_candidate_and_champion_on_gate_pass(registry, run_id, tmp_path, mlflow_server):
+    tenant, concept = "acme", unique("rex")
+    write_artifact(tmp_path / "a", tenant, concept, "digest1")
+    images = {"t2i sample": Image.new("RGB", (8, 8), "red"), "edit/remove": Image.new("RGB", (8, 8), "blue")}
+
+    result = registry.register_concept(
+        run_id, tmp_path / "a", metrics={"recognition_accuracy": 0.9}, images=images, gate=GATE,
+        data_uri=f"s3://uploads/acme/{concept}",
+    )
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    name = registered_model_name(tenant, concept)
+    assert (result.status, result.model_name, result.version, result.promoted) == ("registered", name, "1", True)
+    assert client.get_model_version_by_alias(name, CANDIDATE_ALIAS).version == "1"
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == "1"
+    version = client.get_model_version(name, "1")
+    assert version.tags["data_digest"] == "digest1"
+    assert version.tags["config_hash"] == "cfg0001"
+    assert version.tags["base_fingerprint"] == "fp-tiny"
+    assert version.tags["gate"] == "passed"
+    assert version.source == f"models:/{result.model_id}"
+
+    logged = client.get_logged_model(result.model_id)
+    assert logged.source_run_id == run_id
+    assert {m.key: m.value for m in logged.metrics} == {"recognition_accuracy": 0.9, "loss_text": 0.5}
+    run = client.get_run(run_id)
+    assert any(d.dataset.digest == "digest1" for d in run.inputs.dataset_inputs)
+    image_files = {f.path for f in client.list_artifacts(run_id, f"concepts/{tenant}/{concept}/digest1")}
+    folder = f"concepts/{tenant}/{concept}/digest1"
+    assert image_files == {f"{folder}/t2i_sample.png", f"{folder}/edit_remove.png"}
+
+
+def test_gate_failure_keeps_champion(registry, run_id, tmp_path, mlflow_server):
+    tenant, concept = "acme", unique("cat")
+    write_artifact(tmp_path / "v1", tenant, concept, "digest1")
+    write_artifact(tmp_path / "v2", tenant, concept, "digest2", seed=1)
+    registry.register_concept(run_id, tmp_path / "v1", metrics={"recognition_accuracy": 0.8}, gate=GATE)
+
+    result = registry.register_concept(run_id, tmp_path / "v2", metrics={"recognition_accuracy": 0.3}, gate=GATE)
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    name = registered_model_name(tenant, concept)
+    assert (result.version, result.promoted) == ("2", False)
+    assert result.gate is not None and "recognition_accuracy=0.3 < 0.6" in result.gate.reasons[0]
+    assert client.get_model_version_by_alias(name, CANDIDATE_ALIAS).version == "2"
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == "1"
+    assert client.get_model_version(name, "2").tags["gate"] == "failed"
+
+
+def test_same_digest_and_config_is_not_registered_twice(registry, run_id, tmp_path, mlflow_server):
+    tenant, concept = "acme", unique("owl")
+    write_artifact(tmp_path / "a", tenant, concept, "digest1")
+    write_artifact(tmp_path / "b", tenant, concept, "digest1")  # re-exported: same data, same config
+    first = registry.register_concept(run_id, tmp_path / "a", metrics={"recognition_accuracy": 0.9}, gate=GATE)
+
+    second = registry.register_concept(run_id, tmp_path / "b", metrics={"recognition_accuracy": 0.9}, gate=GATE)
+
+    name = registered_model_name(tenant, concept)
+    versions = MlflowClient(mlflow_server.tracking_uri).search_model_versions(f"name = '{name}'")
+    assert [v.version for v in versions] == ["1"]
+    assert (second.status, second.version, second.model_id) == ("already_registered", "1", first.model_id)
+
+    write_artifact(tmp_path / "c", tenant, concept, "digest1", config_hash="cfg0002")  # new config: new version
+    assert registry.register_concept(run_id, tmp_path / "c").version == "2"
+
+
+def test_promote_and_rollback(registry, run_id, tmp_path, mlflow_server):
+    tenant, concept = "beta", unique("mug")
+    for i in (1, 2, 3):
+        write_artifact(tmp_path / f"v{i}", tenant, concept, f"digest{i}", seed=i)
+        registry.register_concept(run_id, tmp_path / f"v{i}", metrics={"recognition_accuracy": 0.9}, gate=GATE)
+    client = MlflowClient(mlflow_server.tracking_uri)
+    name = registered_model_name(tenant, concept)
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == "3"
+
+    assert registry.rollback(name) == "2"
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == "2"
+    assert client.get_registered_model(name).tags["last_rollback"] == "3 -> 2"
+    assert registry.rollback(name) == "1"
+    with pytest.raises(LookupError, match="nothing to roll back"):
+        registry.rollback(name)
+
+    registry.promote(name, 3)
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == "3"
+    assert registry.rollback(name) == "1"  # 3 replaced 1 this time
+
+
+def test_champion_download_loads_back(registry, run_id, tmp_path):
+    tenant, concept = "acme", unique("toy")
+    original = write_artifact(tmp_path / "a", tenant, concept, "digest1")
+    registry.register_concept(run_id, tmp_path / "a", metrics={"recognition_accuracy": 1.0}, gate=GATE)
+
+    folder = registry.download(tenant, concept, tmp_path / "download")
+
+    loaded = ConceptArtifact.load(folder, expected_fingerprint="fp-tiny", expected_hidden_size=HIDDEN)
+    assert torch.equal(loaded.und_tokens, original.und_tokens)
+    assert loaded.manifest == original.manifest
+    with pytest.raises(BaseModelMismatchError):
+        ConceptArtifact.load(folder, expected_fingerprint="fp-other")
+    # The pyfunc wrapper loads too and answers with the manifest.
+    model_dir = folder.parent.parent
+    answer = mlflow.pyfunc.load_model(str(model_dir)).predict(["who?"])
+    assert json.loads(answer[0])["concept_id"] == f"{tenant}/{concept}"
+
+
+def test_logged_but_unregistered_artifact_is_registered_without_relogging(registry, run_id, tmp_path, mlflow_server):
+    tenant, concept = "acme", unique("cup")
+    root = tmp_path / "store"
+    write_artifact(root / tenant / concept / "digest1", tenant, concept, "digest1")
+    # Read through a pyarrow filesystem, as from S3.
+    first = registry.register_concept(
+        run_id, f"{root.as_posix()}/{tenant}/{concept}/digest1", filesystem=pafs.LocalFileSystem()
+    )
+    client = MlflowClient(mlflow_server.tracking_uri)
+    name = registered_model_name(tenant, concept)
+    client.delete_model_version(name, first.version)  # as if the job died before creating the version
+
+    again = registry.register_concept(run_id, root / tenant / concept / "digest1")
+
+    assert again.status == "registered"
+    assert again.model_id == first.model_id  # the READY logged model is reused
+    assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == [again.version]
+
+
+def test_delete_removes_registered_model_and_logged_models(registry, run_id, tmp_path, mlflow_server):
+    tenant, concept = "acme", unique("hat")
+    write_artifact(tmp_path / "a", tenant, concept, "digest1")
+    write_artifact(tmp_path / "b", tenant, concept, "digest2", seed=2)
+    ids = {registry.register_concept(run_id, tmp_path / p).model_id for p in ("a", "b")}
+
+    deleted = registry.delete_concept(tenant, concept)
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    assert set(deleted) == ids
+    with pytest.raises(MlflowException, match="not found|does not exist|RESOURCE_DOES_NOT_EXIST"):
+        client.get_registered_model(registered_model_name(tenant, concept))
+    remaining = client.search_logged_models([registry.experiment_id], filter_string=f"tags.concept = '{concept}'")
+    assert list(remaining) == []
+    assert registry.delete_concept(tenant, concept) == []  # idempotent
+
+
+def test_missing_artifact_is_reported_before_anything_is_registered(registry, run_id, tmp_path, mlflow_server):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        registry.register_concept(run_id, tmp_path / "never-exported")
+
+
+def test_s3_artifact_store_round_trip(mlflow_server_s3, request, tmp_path):
+    registry = ConceptRegistry(mlflow_server_s3.tracking_uri, experiment_name=unique("test-register-s3"))
+    spec = JobRunSpec(
+        job_id=unique("job"), snapshot_uri="s3://b/uploads", snapshot_digest="s", config_hash="c",
+        base_model_id="bagel-tiny", base_fingerprint="fp-tiny", zero_stage=2,
+    )
+    run_id = registry.start_job_run(spec)
+    tenant, concept = "acme", unique("s3dog")
+    original = write_artifact(tmp_path / "a", tenant, concept, "digest1")
+    result = registry.register_concept(run_id, tmp_path / "a", metrics={"recognition_accuracy": 0.7}, gate=GATE)
+    assert result.promoted
+
+    loaded = ConceptArtifact.load(registry.download(tenant, concept, tmp_path / "dl"), expected_fingerprint="fp-tiny")
+    assert torch.equal(loaded.gen_tokens, original.gen_tokens)
+
+    # The files really live in the bucket (the client itself never had S3 credentials).
+    s3 = request.getfixturevalue("s3_server")
+    bucket = boto3.client(
+        "s3", endpoint_url=f"http://{s3.endpoint}", aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key, region_name=s3.region,
+    )
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=s3.bucket, Prefix="mlflow/").get("Contents", [])]
+    assert any(k.endswith(f"/{result.model_id}/artifacts/artifacts/concept/concept.safetensors") for k in keys), keys
+
+
+# ---- pure logic (no server)
+
+
+def test_registered_model_names_are_tenant_scoped_and_validated():
+    assert registered_model_name("acme", "rex") == "omnipersona.acme.rex"
+    assert registered_model_name("acme", "rex", prefix="staging") == "staging.acme.rex"
+    assert registered_model_name("a-b", "c") != registered_model_name("a", "b-c")
+    for bad in ("Acme", "a.b", "a/b", "", "x" * 64, "a'b"):
+        with pytest.raises(ValueError):
+            registered_model_name(bad, "rex")
+
+
+def test_gate_checks_minimums_maximums_and_missing_metrics():
+    gate = GateConfig(minimums={"recognition_accuracy": 0.6}, maximums={"loss_text": 1.0})
+    assert gate.evaluate({"recognition_accuracy": 0.6, "loss_text": 1.0}).passed
+    failed = gate.evaluate({"recognition_accuracy": 0.5})
+    assert not failed.passed
+    assert failed.reasons == ["recognition_accuracy=0.5 < 0.6", "loss_text missing (needs <= 1.0)"]
+    assert not gate.evaluate({"recognition_accuracy": float("nan"), "loss_text": 0.1}).passed
+    assert GateConfig().evaluate({}).passed
+
+
+FAST = RetryPolicy(attempts=3, initial_delay_s=0.0)
+
+
+def test_retries_connection_errors_but_not_client_errors():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("server restarting")
+        return "ok"
+
+    assert call_with_retries(flaky, FAST, "flaky") == "ok"
+    assert len(calls) == 3
+
+    calls.clear()
+
+    def bad_request():
+        calls.append(1)
+        raise MlflowException.invalid_parameter_value("bad name")  # a 400 answer
+
+    with pytest.raises(MlflowException, match="bad name"):
+        call_with_retries(bad_request, FAST, "bad")
+    assert len(calls) == 1
+
+
+def test_create_once_does_not_duplicate_when_the_answer_is_lost():
+    created = []
+
+    def create():
+        created.append("v1")  # the server applied it ...
+        raise ConnectionError("... but the answer never came back")
+
+    obj, was_created = create_once(lambda: created[0] if created else None, create, FAST, "version")
+    assert (obj, was_created, created) == ("v1", False, ["v1"])
