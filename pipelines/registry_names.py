@@ -50,7 +50,7 @@ LOGGED_MODEL_TYPE = "omnipersona-concept"
 
 def registered_model_name(tenant: str, concept: str, prefix: str = DEFAULT_PREFIX) -> str:
     """``<prefix>.<tenant>.<concept>``; raises ``ValueError`` for ids outside the safe charset."""
-    if not PREFIX_PATTERN.match(prefix):
+    if not PREFIX_PATTERN.fullmatch(prefix):
         raise ValueError(f"invalid registry prefix {prefix!r}: use lowercase a-z, 0-9, '_' or '-'")
     return f"{prefix}.{validate_id_part(tenant, 'tenant')}.{validate_id_part(concept, 'concept')}"
 
@@ -63,7 +63,7 @@ def logged_model_name(tenant: str, concept: str) -> str:
 
 def checked_token(value: str, what: str) -> str:
     """A digest or hash that is safe to put in a filter string."""
-    if not isinstance(value, str) or not TOKEN_PATTERN.match(value):
+    if not isinstance(value, str) or not TOKEN_PATTERN.fullmatch(value):
         raise ValueError(f"invalid {what} {value!r}: expected 1-128 characters of A-Z, a-z, 0-9, '_', '.', ':' or '-'")
     return value
 

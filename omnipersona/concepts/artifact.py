@@ -70,7 +70,7 @@ class BaseModelMismatchError(ArtifactError):
 
 def validate_id_part(value: str, what: str) -> str:
     """Return ``value`` if it is a valid tenant or concept id, else raise ``ValueError``."""
-    if not isinstance(value, str) or not ID_PART_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PART_PATTERN.fullmatch(value):
         raise ValueError(
             f"invalid {what} id {value!r}: use 1-63 characters of lowercase a-z, 0-9, '_' or '-', "
             "starting with a letter or digit"

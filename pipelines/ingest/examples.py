@@ -1,0 +1,147 @@
+"""Text-level training examples per concept, planned on the driver (no pixels here).
+
+A plan row names the image files an example needs and the seed parts of its augmentation; the
+dataset stage reads, augments and emits it. Per concept and epoch every enabled task gets exactly
+``samples_per_task`` examples (recognition: that many positives AND that many negatives), and images
+are drawn as concatenated random permutations, so every image is used about equally often.
+Every text uses the placeholder ``<sks>`` for the concept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.ingest.augment import rng_for
+from pipelines.ingest.config import IngestConfig, Task
+from pipelines.ingest.schema import PLACEHOLDER, ConceptSpec, to_placeholder
+
+S = PLACEHOLDER
+RECOGNITION_QUESTIONS = (f"Is {S} in this image?", f"Can you see {S} in this photo?", f"Does this picture show {S}?")
+YES, NO = "Yes", "No"
+
+
+@dataclass
+class ConceptMaterial:
+    """Everything the planner needs about one accepted concept (paths are filesystem paths)."""
+
+    concept_key: str
+    digest: str
+    spec: ConceptSpec
+    positives: list[str]
+    hard_negatives: list[str] = field(default_factory=list)
+    random_negatives: list[str] = field(default_factory=list)
+    edits: list[tuple[str, str, str]] = field(default_factory=list)  # (source path, target path, instruction)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _texts(spec: ConceptSpec) -> dict[str, list[tuple[str, str]]]:
+    """Question/answer (or prompt) pairs per task, templated from concept.json."""
+    name, cls = spec.display_name, spec.class_word
+    a_cls = f"{_article(cls)} {cls}"
+
+    def p(text: str) -> str:
+        return to_placeholder(text, name)
+
+    facts = [p(f) for f in spec.facts]
+    text_qa = [(f"What is {S}?", f"{S} is {a_cls}.")]
+    text_qa += [(f"What is the {k} of {S}?", f"The {k} of {S} is {p(v)}.") for k, v in spec.attributes.items()]
+    text_qa += [(f"Tell me something about {S}.", fact) for fact in facts]
+    text_qa += [(p(qa.question), p(qa.answer)) for qa in spec.qa if not qa.with_image]
+
+    describe = f"This is {S}, {a_cls}." + (f" {facts[0]}" if facts else "")
+    vqa = [
+        (f"What is the name of the {cls} in this image?", f"This is {S}."),
+        (f"Describe the {cls} in this image.", describe),
+    ]
+    vqa += [(p(qa.question), p(qa.answer)) for qa in spec.qa if qa.with_image]
+
+    t2i = [(f"A photo of {S}.", ""), (f"A photo of {S}, {a_cls}.", ""), (f"An image of {S}.", "")]
+    t2i += [(p(c), "") for c in spec.captions]
+    recognition = [(q, "") for q in RECOGNITION_QUESTIONS + tuple(p(q) for q in spec.recognition_questions)]
+    return {"text_qa": text_qa, "vqa": vqa, "t2i": t2i, "recognition": recognition}
+
+
+def cycle_draw(items: list[Any], n: int, rng: np.random.Generator) -> list[Any]:
+    """``n`` items as concatenated random permutations (balanced use, no long repeats)."""
+    if not items or n <= 0:
+        return []
+    out: list[Any] = []
+    while len(out) < n:
+        out.extend(items[i] for i in rng.permutation(len(items)))
+    return out[:n]
+
+
+def plan_concept_epoch(material: ConceptMaterial, cfg: IngestConfig, epoch: int) -> tuple[list[dict], list[str]]:
+    """Plan rows for one concept and epoch, plus notes about tasks that had to be left out."""
+    rng = rng_for("plan", cfg.seed, material.concept_key, epoch)
+    n = cfg.samples_per_task
+    texts = _texts(material.spec)
+    notes: list[str] = []
+    rows: list[dict] = []
+
+    def add(task: Task, prompt: str, answer: str, image: str = "", target: str = "") -> None:
+        rows.append(
+            {
+                "concept_key": material.concept_key,
+                "task": task,
+                "prompt": prompt,
+                "answer": answer,
+                "image_path": image,
+                "target_path": target,
+                "epoch": epoch,
+                "draw_index": len(rows),
+                "data_digest": material.digest,
+            }
+        )
+
+    if "recognition" in cfg.tasks:
+        hard, rand = material.hard_negatives, material.random_negatives
+        if not hard and not rand:
+            notes.append("recognition left out: no negative images available (no pool, no other concepts)")
+        else:
+            questions = [q for q, _ in texts["recognition"]]
+            n_hard = round(n * cfg.hard_negative_fraction) if hard else 0
+            n_hard = n if not rand else n_hard
+            negatives = cycle_draw(hard, n_hard, rng) + cycle_draw(rand, n - n_hard, rng)
+            for image, question in zip(cycle_draw(material.positives, n, rng), cycle_draw(questions, n, rng)):
+                add("recognition", question, YES, image=image)
+            for image, question in zip(negatives, cycle_draw(questions, n, rng)):
+                add("recognition", question, NO, image=image)
+    if "vqa" in cfg.tasks:
+        for (q, a), image in zip(cycle_draw(texts["vqa"], n, rng), cycle_draw(material.positives, n, rng)):
+            add("vqa", q, a, image=image)
+    if "text_qa" in cfg.tasks:
+        for q, a in cycle_draw(texts["text_qa"], n, rng):
+            add("text_qa", q, a)
+    if "t2i" in cfg.tasks:
+        for (prompt, _), target in zip(cycle_draw(texts["t2i"], n, rng), cycle_draw(material.positives, n, rng)):
+            add("t2i", prompt, "", target=target)
+    if "edit" in cfg.tasks and material.edits:
+        for source, target, instruction in cycle_draw(material.edits, n, rng):
+            add("edit", to_placeholder(instruction, material.spec.display_name), "", image=source, target=target)
+
+    order = rng_for("order", cfg.seed, material.concept_key, epoch).permutation(len(rows))
+    return [rows[i] for i in order], notes
+
+
+def plan_examples(materials: list[ConceptMaterial], cfg: IngestConfig) -> tuple[list[dict], dict[str, dict]]:
+    """All plan rows (epoch-major, then concept by concept) and per-concept counts and notes."""
+    rows: list[dict] = []
+    stats: dict[str, dict] = {}
+    for epoch in range(cfg.epochs):
+        for material in sorted(materials, key=lambda m: m.concept_key):
+            concept_rows, notes = plan_concept_epoch(material, cfg, epoch)
+            rows.extend(concept_rows)
+            if epoch == 0:
+                stats[material.concept_key] = {
+                    "examples_per_epoch": dict(Counter(r["task"] for r in concept_rows)),
+                    "notes": notes,
+                }
+    return rows, stats
