@@ -79,17 +79,22 @@ def step_examples(pools: list[ConceptPool], step: int, batch_size: int, seed: in
 def compute_loss(bundle, bank: ConceptBank, batch: TrainBatch, weights: LossWeights):
     """Forward the frozen model with the bank's rows in place; returns (loss, per-concept task losses)."""
     p = batch.packed
+    table, identifier_output = bank()
     override = None
     if p.virtual_indexes is not None:
-        override = (p.virtual_indexes, bank.table()[p.virtual_rows])
+        override = (p.virtual_indexes, table[p.virtual_rows])
     ce_slots = batch.sample_slots[p.ce_sample_ids]
     out = bundle.model(
         **p.model_inputs(),
         noise=batch.noise,
         embeds_override=override,
-        ce_logits_fn=lambda h: bank.logits(h, bundle.model.language_model.lm_head, own_slots=ce_slots),
+        ce_logits_fn=lambda h: bank.logits(h, bundle.model.language_model.lm_head, ce_slots, identifier_output),
     )
-    return concept_losses(out, batch, bank.num_concepts, weights)
+    loss, per_concept = concept_losses(out, batch, bank.num_concepts, weights)
+    # Every bank tensor gets a (zero) gradient even when this batch (or this data-parallel rank's
+    # share of it) never uses some rows: distributed gradient reductions need the same tensors.
+    loss = loss + 0.0 * (table.sum() + identifier_output.sum())
+    return loss, per_concept
 
 
 def make_optimizer(bank: ConceptBank, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

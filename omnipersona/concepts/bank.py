@@ -67,14 +67,26 @@ class ConceptBank(nn.Module):
         """All rows, in virtual-id order: [P + P*Nu + P*Ng, D]."""
         return torch.cat([self.identifier.flatten(0, 1), self.und_tokens.flatten(0, 1), self.gen_tokens.flatten(0, 1)])
 
-    def logits(self, hidden: torch.Tensor, lm_head: nn.Linear, own_slots: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(table, identifier_output): reading the rows through `forward` lets sharding wrappers
+        (DeepSpeed ZeRO-3) gather the bank before use."""
+        return self.table(), self.identifier_output
+
+    def logits(
+        self,
+        hidden: torch.Tensor,
+        lm_head: nn.Linear,
+        own_slots: torch.Tensor | None = None,
+        identifier_output: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Vocabulary logits extended by one column per concept identifier (ids vocab..vocab+P-1).
 
         With `own_slots` (one slot per row, training), each row only sees its own concept's
         identifier column: other concepts of the pack must not enter its softmax, or packing would
         couple concepts through the normaliser.
         """
-        extra = hidden @ self.identifier_output.to(hidden.dtype).T
+        rows = self.identifier_output if identifier_output is None else identifier_output
+        extra = hidden @ rows.to(hidden.dtype).T
         if own_slots is not None:
             others = torch.arange(self.num_concepts, device=hidden.device)[None, :] != own_slots[:, None]
             extra = extra.masked_fill(others, float("-inf"))

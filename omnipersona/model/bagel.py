@@ -43,6 +43,9 @@ class Bagel(nn.Module):
         self.vae2llm = nn.Linear(config.patch_latent_dim, d)
         self.llm2vae = nn.Linear(d, config.patch_latent_dim)
         self.latent_pos_embed = PositionEmbedding(config.max_latent_size, d)
+        # Sharded training (ZeRO-3) needs every rank to call every module in the same order, even
+        # when its share of the batch has no image or no text target: then run them on empty input.
+        self.uniform_calls = False
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -145,6 +148,9 @@ class Bagel(nn.Module):
         if packed_vit_tokens is not None and len(packed_vit_tokens):
             vit = self.embed_vit(packed_vit_tokens, packed_vit_position_ids, vit_token_seqlens)
             seq[packed_vit_token_indexes] = vit.to(seq.dtype)
+        elif self.uniform_calls:
+            patch_dim = self.config.vit.num_channels * self.config.vit.patch_size**2
+            self.embed_vit(seq.new_zeros((1, patch_dim)), torch.zeros(1, dtype=torch.long, device=seq.device), [1])
 
         clean = target = None
         has_vae = packed_vae_token_indexes is not None and len(packed_vae_token_indexes) > 0
@@ -155,20 +161,27 @@ class Bagel(nn.Module):
             t = shift_timesteps(torch.sigmoid(packed_timesteps.to(clean.dtype)), self.config.timestep_shift)
             noisy = (1 - t[:, None]) * clean + t[:, None] * noise
             seq[packed_vae_token_indexes] = self.embed_latents(noisy, t, packed_latent_position_ids).to(seq.dtype)
+        elif self.uniform_calls:
+            empty = seq.new_zeros((0, self.config.patch_latent_dim))
+            self.embed_latents(empty, seq.new_zeros(0), torch.zeros(0, dtype=torch.long, device=seq.device))
 
         gen_mask = self._gen_mask(sequence_length, [packed_vae_token_indexes if has_vae else None, extra_gen_indexes], seq.device)
         spec = AttentionSpec(sample_lens=list(sample_lens), masks=masks)
         hidden = self.language_model(seq, packed_position_ids, gen_mask, spec)
 
         out: dict[str, torch.Tensor | None] = {"last_hidden_state": hidden, "mse": None, "ce": None}
+        lm_logits = ce_logits_fn or self.language_model.lm_head
         if has_vae and mse_loss_indexes is not None and len(mse_loss_indexes):
             preds = self.llm2vae(hidden[mse_loss_indexes])
             target = (noise - clean)[t > 0]  # velocity from data to noise
             out.update(mse=(preds - target) ** 2, mse_preds=preds, mse_target=target)
+        elif self.uniform_calls:
+            out["anchor"] = self.llm2vae(hidden[:0]).sum() * 0.0
         if ce_loss_indexes is not None and len(ce_loss_indexes):
-            h = hidden[ce_loss_indexes]
-            logits = ce_logits_fn(h) if ce_logits_fn is not None else self.language_model.lm_head(h)
+            logits = lm_logits(hidden[ce_loss_indexes])
             out.update(ce=F.cross_entropy(logits.float(), packed_label_ids, reduction="none"), ce_logits=logits)
+        elif self.uniform_calls:
+            out["anchor"] = out.get("anchor", 0.0) + lm_logits(hidden[:0]).sum() * 0.0
         return out
 
     # ------------------------------------------------------------------ cached inference

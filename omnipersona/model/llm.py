@@ -20,19 +20,20 @@ from .config import LLMConfig
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
 
 
-def _route(x: torch.Tensor, gen_mask: torch.Tensor | None, und_fn, gen_fn, out_dim: int | None = None):
-    """Apply `und_fn` to understanding tokens and `gen_fn` to generation tokens (row-wise)."""
-    if gen_mask is None or not bool(gen_mask.any()):
+def _route(x: torch.Tensor, gen_mask: torch.Tensor | None, und_fn, gen_fn):
+    """Apply `und_fn` to understanding tokens and `gen_fn` to generation tokens (row-wise).
+
+    With a mask, both experts are always called (possibly on zero rows): every rank of a sharded
+    (ZeRO-3) run then makes the same module calls, whatever tokens its share holds.
+    """
+    if gen_mask is None:
         return und_fn(x)
-    if bool(gen_mask.all()):
-        return gen_fn(x)
     und_idx = (~gen_mask).nonzero(as_tuple=True)[0]
     gen_idx = gen_mask.nonzero(as_tuple=True)[0]
     und_out = und_fn(x[und_idx])
     gen_out = gen_fn(x[gen_idx])
     out = und_out.new_empty((x.shape[0],) + tuple(und_out.shape[1:]))
-    out = out.index_copy(0, und_idx, und_out).index_copy(0, gen_idx, gen_out)
-    return out
+    return out.index_copy(0, und_idx, und_out).index_copy(0, gen_idx, gen_out)
 
 
 @dataclass

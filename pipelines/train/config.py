@@ -1,0 +1,55 @@
+"""Typed settings of the train stage (part of the job spec)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from omnipersona.training import TrainConfig
+
+
+class DeepSpeedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    zero_stage: int = Field(2, ge=0, le=3)
+    # Under ZeRO-3 parameters below this many elements stay whole on every rank: the concept bank
+    # (a few hundred thousand elements for a pack) must not be partitioned.
+    param_persistence_threshold: int = Field(10_000_000, ge=0)
+    bf16: bool = False  # on GPU set true; CPU runs fp32
+
+    def ds_config(self, micro_batch: int = 1) -> dict:
+        cfg: dict = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": self.bf16},
+            # Global-norm clipping would couple the concepts of a pack: leave it off.
+            "gradient_clipping": 0.0,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if self.zero_stage == 3:
+            cfg["zero_optimization"].update(
+                stage3_param_persistence_threshold=self.param_persistence_threshold,
+                stage3_prefetch_bucket_size=0,
+            )
+        return cfg
+
+
+class ScalingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(1, ge=0)
+
+
+class TrainStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: TrainConfig = Field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    pack_size: int | None = Field(None, ge=1, description="Concepts per pack; None = from the memory budget")
+    max_pack_size: int = Field(128, ge=1)
+    pack_memory_budget_mb: float = Field(512.0, gt=0, description="Per-worker memory the pack may use")
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")

@@ -1,0 +1,173 @@
+"""`train_loop_per_worker`: what each Ray Train worker runs — plain PyTorch + one DeepSpeed engine.
+
+Reads top to bottom: load the frozen base once, build the engine, resume from the last Ray
+checkpoint, then for every pack: skip concepts already exported, reset the bank, train, checkpoint,
+export artifacts (rank 0), report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from omnipersona.concepts.artifact import config_hash
+from omnipersona.concepts.bank import ConceptBank
+from omnipersona.model.checkpoint import load_bagel
+from omnipersona.training import TrainConfig
+from pipelines.storage import StorageConfig, filesystem_for
+from pipelines.train.config import DeepSpeedConfig
+from pipelines.train.example_store import read_pools
+from pipelines.train.runner import (
+    ConceptSpec,
+    PackModule,
+    PackRunner,
+    Progress,
+    Telemetry,
+    artifact_exists,
+    export_artifact,
+)
+
+log = logging.getLogger("omnipersona.train")
+PROGRESS_FILE = "progress.json"
+
+
+class WorkerSpec(BaseModel):
+    """Everything a worker needs, JSON-serialisable (it crosses process boundaries)."""
+
+    job_id: str
+    model_uri: str
+    examples_uri: str
+    artifact_root: str
+    storage: StorageConfig = StorageConfig()
+    packs: list[list[dict]]  # ConceptSpec fields per concept, per pack
+    pack_size: int
+    recipe: TrainConfig
+    deepspeed: DeepSpeedConfig
+    checkpoint_every: int = 50
+    fail_after_steps: int | None = None  # fault injection for tests: os._exit on rank 1 after N steps
+
+
+def _load_backbone(spec: WorkerSpec, device, dtype, ds_cfg: dict, rank: int):
+    model_fs, model_path = filesystem_for(spec.model_uri, spec.storage)
+    if spec.deepspeed.zero_stage < 3:
+        bundle = load_bagel(model_path, device=device, dtype=dtype, filesystem=model_fs if "://" in spec.model_uri else None)
+        bundle.model.freeze()
+        return bundle
+    # ZeRO-3: build the backbone partitioned from the start, then fill each shard from the file.
+    import deepspeed
+    from safetensors.torch import load_file
+
+    from omnipersona.model.bagel import Bagel
+    from omnipersona.model.checkpoint import EMA, _localize
+
+    bundle = load_bagel(model_path, device="cpu", dtype=dtype, filesystem=model_fs if "://" in spec.model_uri else None)
+    folder = Path(_localize(model_path, model_fs if "://" in spec.model_uri else None))
+    state = load_file(folder / EMA)
+    # dtype comes from the DeepSpeed config (bf16 on GPU); passing dtype= here misbehaves on CPU.
+    with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
+        model = Bagel(bundle.config)
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if rank == 0:
+                param.data.copy_(state[name].to(param.dtype))
+    for name, buf in model.named_buffers():
+        if name in state:
+            buf.data.copy_(state[name])
+    bundle.model = model.freeze().eval()
+    return bundle
+
+
+def train_loop_per_worker(config: dict) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
+    import deepspeed
+    import ray.train
+
+    spec: WorkerSpec = config["spec"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_gpu = torch.cuda.is_available()
+    device = torch.device(f"cuda:{ctx.get_local_rank()}") if use_gpu else torch.device("cpu")
+    dtype = torch.bfloat16 if (use_gpu and spec.deepspeed.bf16) else torch.float32
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    torch.manual_seed(spec.recipe.seed)
+
+    ds_cfg = spec.deepspeed.ds_config()
+    bundle = _load_backbone(spec, device, dtype, ds_cfg, rank)
+    bundle.vae = bundle.vae.to(device=device, dtype=dtype)
+    bundle.model.uniform_calls = spec.deepspeed.zero_stage == 3
+    cfg = bundle.config.llm
+    bank = ConceptBank(spec.pack_size, cfg.hidden_size, cfg.vocab_size, spec.recipe.num_und_tokens, spec.recipe.num_gen_tokens, spec.recipe.mode).to(device)
+    module = PackModule(bundle, bank)
+    optimizer = torch.optim.AdamW(bank.parameters(), lr=spec.recipe.lr, betas=spec.recipe.betas, weight_decay=spec.recipe.weight_decay)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=list(bank.parameters()), config=ds_cfg)
+    runner = PackRunner(bundle, engine, bank, spec.recipe, rank, world, spec.deepspeed.zero_stage)
+
+    progress, active = Progress(), None
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            engine.load_checkpoint(d, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=False)
+            saved = json.loads((Path(d) / PROGRESS_FILE).read_text())
+            progress, active = Progress(saved["pack_index"], saved["step"]), saved.get("active")
+        log.info("rank %d resumed at pack %d step %d", rank, progress.pack_index, progress.step)
+
+    fs, root = filesystem_for(spec.artifact_root, spec.storage)
+    ex_fs, ex_path = filesystem_for(spec.examples_uri, spec.storage)
+    recipe_hash = config_hash(spec.recipe)
+    steps_done = 0
+
+    def checkpoint(pack_index: int, step: int, active_keys: list[str], metrics: dict) -> None:
+        with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
+            engine.save_checkpoint(d, exclude_frozen_parameters=True)
+            (Path(d) / PROGRESS_FILE).write_text(json.dumps({"pack_index": pack_index, "step": step, "active": active_keys}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    for pack_index, pack in enumerate(spec.packs):
+        if pack_index < progress.pack_index:
+            continue
+        specs = [ConceptSpec(**c) for c in pack]
+        resuming = pack_index == progress.pack_index and progress.step > 0 and active is not None
+        if resuming:
+            specs = [s for s in specs if s.concept_key in set(active)]
+        else:
+            # Concepts whose artifact already exists were trained by an earlier (interrupted) run.
+            specs = [s for s in specs if not artifact_exists(fs, root, s)]
+        if not specs:
+            continue
+        active_keys = [s.concept_key for s in specs]
+        pools = read_pools(ex_fs, ex_path, active_keys)
+        if not resuming:
+            runner.reset_for_pack(specs, pools)
+        telemetry = [Telemetry() for _ in specs]
+        start = progress.step if resuming else 0
+        if start == 0:
+            for tel, value in zip(telemetry, runner.first_batch_losses(pools)):
+                tel.first_batch_before = value
+        t_pack = time.perf_counter()
+        step = start
+        while step < spec.recipe.steps:
+            stop = min(spec.recipe.steps, (step // spec.checkpoint_every + 1) * spec.checkpoint_every)
+            runner.train_steps(pools, step, stop, telemetry)
+            steps_done += stop - step
+            step = stop
+            if spec.fail_after_steps is not None and rank == 1 and steps_done >= spec.fail_after_steps and resumed is None:
+                os._exit(1)  # simulate a worker process dying mid-job
+            if step < spec.recipe.steps:
+                checkpoint(pack_index, step, active_keys, {"pack": pack_index, "step": step})
+        for tel, value in zip(telemetry, runner.first_batch_losses(pools)):
+            tel.first_batch_after = value
+        tensors = runner.concept_tensors(list(range(len(specs))))  # collective: all ranks
+        if rank == 0:
+            for slot, s in enumerate(specs):
+                export_artifact(fs, root, s, tensors[slot], recipe_hash, bundle.config.model_id, bundle.fingerprint, telemetry[slot], spec.recipe.mode)
+        log.info("pack %d/%d done: %d concepts in %.1fs", pack_index + 1, len(spec.packs), len(specs), time.perf_counter() - t_pack)
+        checkpoint(pack_index + 1, 0, [], {"pack": pack_index, "packs_done": pack_index + 1, "exported": len(specs)})
+        progress = Progress(pack_index + 1, 0)
