@@ -1,2 +1,128 @@
-def main():
-    print("omnipersona")
+"""The `omnipersona` command: personalize, demo, status, infer, delete.
+
+It sits above the library (it imports `pipelines/`), never inside `omnipersona/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _personalize(args) -> int:
+    from jobs.personalize import main
+
+    return main(["--config", args.config] + (["--job-id", args.job_id] if args.job_id else []))
+
+
+def _demo(args) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(args.dir, fresh=not args.keep, model=args.model)
+
+
+def _status(args) -> int:
+    from pipelines.config import JobConfig
+    from pipelines.storage import filesystem_for, read_bytes
+
+    cfg = JobConfig.from_yaml(args.config)
+    fs, base = filesystem_for(f"{cfg.artifacts.work_root.rstrip('/')}/{args.job_id}", cfg.storage)
+    info = fs.get_file_info(f"{base}/summary.md")
+    if info.type.name == "File":
+        print(read_bytes(fs, f"{base}/summary.md").decode())
+        return 0
+    quarantine = fs.get_file_info(f"{base}/quarantine.json")
+    state = "running (ingest done)" if quarantine.type.name == "File" else "unknown (no trace of this job id)"
+    print(f"job {args.job_id}: {state}; training progress is in the job log (`ray job logs <submission id>`)")
+    return 0 if quarantine.type.name == "File" else 1
+
+
+def _infer(args) -> int:
+    from PIL import Image
+
+    from pipelines.inference import load_persona
+
+    persona, names = load_persona(args.tracking_uri, args.model, args.base, image_size=args.image_size, sampling_steps=args.steps)
+    image = Image.open(args.image).convert("RGB") if args.image else None
+    if args.task == "understand":
+        ans = persona.understand(args.prompt, image=image)
+        print(json.dumps({"answer": ans.text, "yes_probability": ans.yes_probability}))
+        return 0
+    concept = args.concept or names[0]
+    if args.task == "generate":
+        out = persona.generate(concept, args.prompt, replay=not args.no_replay)
+    else:
+        if image is None:
+            raise SystemExit("edit needs --image")
+        out = persona.edit(concept, image, args.prompt, replay=not args.no_replay)
+    out.image.save(args.out)
+    trace = out.replay.__dict__ if out.replay else None
+    print(json.dumps({"image": str(Path(args.out).resolve()), "prompt_used": out.prompt_used, "replay": trace}))
+    return 0
+
+
+def _delete(args) -> int:
+    from pipelines.config import JobConfig
+    from pipelines.delete import delete_concept
+    from pipelines.register import ConceptRegistry
+
+    cfg = JobConfig.from_yaml(args.config)
+    registry = ConceptRegistry(cfg.mlflow.tracking_uri, experiment_name=cfg.mlflow.experiment, prefix=cfg.mlflow.registry_prefix)
+    report = delete_concept(args.tenant, args.concept, artifact_root=cfg.artifacts.root, work_root=cfg.artifacts.work_root,
+                            registry=registry, storage=cfg.storage)
+    print(json.dumps(report.__dict__, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="omnipersona", description="Batch personalization of a frozen BAGEL model (OmniPersona).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("personalize", help="run the batch job from a YAML config (what `ray job submit` runs)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--job-id")
+    s.set_defaults(fn=_personalize)
+
+    s = sub.add_parser("demo", help="run the whole product locally on generated concepts")
+    s.add_argument("--dir", default="omnipersona-demo", help="working folder (default ./omnipersona-demo)")
+    s.add_argument("--keep", action="store_true", help="keep earlier demo data (a rerun then trains nothing)")
+    s.add_argument("--model", default="tiny", help="base model folder or 'tiny'")
+    s.set_defaults(fn=_demo)
+
+    s = sub.add_parser("status", help="summary (or state) of a job")
+    s.add_argument("job_id")
+    s.add_argument("--config", required=True)
+    s.set_defaults(fn=_status)
+
+    s = sub.add_parser("infer", help="understand / generate / edit with registered concepts")
+    s.add_argument("task", choices=["understand", "generate", "edit"])
+    s.add_argument("--model", action="append", required=True, help="models:/<prefix>.<tenant>.<concept>@champion (repeatable)")
+    s.add_argument("--tracking-uri", required=True)
+    s.add_argument("--base", required=True, help="the base model the concepts were trained on (folder, s3:// URI or 'tiny')")
+    s.add_argument("--prompt", required=True, help="text naming concepts as <name>")
+    s.add_argument("--image")
+    s.add_argument("--concept", help="concept to generate/edit (default: the first --model)")
+    s.add_argument("--out", default="omnipersona-output.png")
+    s.add_argument("--no-replay", action="store_true", help="switch knowledge replay off")
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--steps", type=int, default=50, help="denoising steps")
+    s.set_defaults(fn=_infer)
+
+    s = sub.add_parser("delete", help="remove a concept's artifacts, registry entries and derived data")
+    s.add_argument("--tenant", required=True)
+    s.add_argument("--concept", required=True)
+    s.add_argument("--config", required=True)
+    s.set_defaults(fn=_delete)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -497,7 +497,8 @@ class ConceptRegistry:
         except MlflowException as e:
             log.warning("cannot record lineage for %s from %s: %s", m.concept_id, data_uri, e)
             return
-        dataset = MetaDataset(source, name=m.concept_id, digest=m.data_digest)
+        # MLflow caps dataset digests at 36 characters; the full digest stays in the version tags.
+        dataset = MetaDataset(source, name=m.concept_id, digest=m.data_digest[:36])
         # The client API takes the entity; this is how mlflow.log_input converts it too.
         self._call(
             "log dataset",

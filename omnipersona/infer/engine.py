@@ -125,7 +125,7 @@ class Persona:
         self._append(ctx, question)
         first = {}
         logits_fn = lambda h: self.bank.logits(h, model.language_model.lm_head)
-        ids = decode_text(model, ctx, special, max_new_tokens, logits_fn, lambda lg: first.setdefault("logits", lg))
+        ids = decode_text(model, ctx, special, max_new_tokens, logits_fn, lambda lg: first.setdefault("logits", lg), self.bank.table())
         names_by_id = {v: k for k, v in self.identifiers.items()}
         text = decode(self.bundle.tokenizer, ids, names_by_id)
         two = first["logits"][[self._yes, self._no]].float().softmax(-1)

@@ -75,21 +75,26 @@ def decode_text(
     max_new_tokens: int = 64,
     logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     first_token_logits_hook: Callable[[torch.Tensor], None] | None = None,
+    virtual_table: torch.Tensor | None = None,
 ) -> list[int]:
     """Greedy decoding from `<|im_start|>` until `<|im_end|>`; works on a fork of `ctx`.
 
     `logits_fn(hidden)` maps hidden states to logits (default: the LM head); the concept layer
-    extends it with its identifiers. `first_token_logits_hook` sees the first step's logits
+    extends it with its identifiers, whose rows of `virtual_table` are fed back when generated. `first_token_logits_hook` sees the first step's logits
     (recognition reads its yes-probability there).
     """
     ctx = ctx.fork()
     logits_fn = logits_fn or model.language_model.lm_head
     device = model.llm2vae.weight.device
+    vocab = model.config.llm.vocab_size
     out: list[int] = []
     token = special.bos
     for step in range(max_new_tokens):
-        ids = torch.tensor([token], device=device)
-        hidden, ctx.position = model.prefill_text(ctx.cache, ctx.position, ids)
+        override = None
+        if token >= vocab:  # a generated concept identifier: feed its bank row back
+            override = (torch.tensor([0], device=device), virtual_table[token - vocab][None])
+        ids = torch.tensor([token if token < vocab else 0], device=device)
+        hidden, ctx.position = model.prefill_text(ctx.cache, ctx.position, ids, override)
         logits = logits_fn(hidden[-1:])[0]
         if step == 0 and first_token_logits_hook is not None:
             first_token_logits_hook(logits)

@@ -49,6 +49,7 @@ def encode_batch(batch: dict) -> dict:
         "concept_key": np.asarray(keys, dtype=object),
         PARTITION: np.asarray([concept_part(k) for k in keys], dtype=object),
         "task": np.asarray(batch["task"], dtype=object),
+        "epoch": np.asarray(batch["epoch"], dtype=np.int64),
         "prompt": np.asarray(batch["prompt"], dtype=object),
         "answer": np.asarray(batch["answer"], dtype=object),
         "image_png": np.asarray([_png(i) for i in batch["image"]], dtype=object),
@@ -62,11 +63,20 @@ def write_examples(dataset, fs: pafs.FileSystem, path: str) -> None:
     encoded.write_parquet(path, filesystem=fs, partition_cols=[PARTITION])
 
 
-def read_pools(fs: pafs.FileSystem, path: str, concept_keys: list[str]) -> list[ConceptPool]:
-    """The example pools of `concept_keys`, in that order (slot = position)."""
+def read_pools(fs: pafs.FileSystem, path: str, concept_keys: list[str], exclude_epochs: list[int] | None = None,
+               only_epochs: list[int] | None = None) -> list[ConceptPool]:
+    """The example pools of `concept_keys`, in that order (slot = position).
+
+    `exclude_epochs` keeps held-out epochs out of training; `only_epochs` reads just those.
+    """
     parts = [concept_part(k) for k in concept_keys]
     ds = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
-    table = ds.to_table(filter=pc.field(PARTITION).isin(parts))
+    expr = pc.field(PARTITION).isin(parts)
+    if exclude_epochs:
+        expr = expr & ~pc.field("epoch").isin(exclude_epochs)
+    if only_epochs is not None:
+        expr = expr & pc.field("epoch").isin(only_epochs)
+    table = ds.to_table(filter=expr)
     rows = table.select(["concept_key", "task", "prompt", "answer", "image_png", "target_png"]).to_pylist()
     by_key: dict[str, list[ConceptExample]] = {k: [] for k in concept_keys}
     for r in rows:

@@ -50,6 +50,7 @@ class WorkerSpec(BaseModel):
     recipe: TrainConfig
     deepspeed: DeepSpeedConfig
     checkpoint_every: int = 50
+    exclude_epochs: list[int] = []  # ingest epochs held out for evaluation
     fail_after_steps: int | None = None  # fault injection for tests: os._exit on rank 1 after N steps
 
 
@@ -123,6 +124,9 @@ def train_loop_per_worker(config: dict) -> None:
     ex_fs, ex_path = filesystem_for(spec.examples_uri, spec.storage)
     recipe_hash = config_hash(spec.recipe)
     steps_done = 0
+    total_concepts = sum(len(p) for p in spec.packs)
+    concepts_done = sum(len(p) for p in spec.packs[: progress.pack_index])
+    first_pack, t_job = progress.pack_index, time.perf_counter()
 
     def checkpoint(pack_index: int, step: int, active_keys: list[str], metrics: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
@@ -143,7 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
         if not specs:
             continue
         active_keys = [s.concept_key for s in specs]
-        pools = read_pools(ex_fs, ex_path, active_keys)
+        pools = read_pools(ex_fs, ex_path, active_keys, exclude_epochs=spec.exclude_epochs)
         if not resuming:
             runner.reset_for_pack(specs, pools)
         telemetry = [Telemetry() for _ in specs]
@@ -152,6 +156,8 @@ def train_loop_per_worker(config: dict) -> None:
             for tel, value in zip(telemetry, runner.first_batch_losses(pools)):
                 tel.first_batch_before = value
         t_pack = time.perf_counter()
+        if rank == 0:
+            print(f"[train] pack {pack_index + 1}/{len(spec.packs)}: {len(specs)} concepts, steps {start}..{spec.recipe.steps}", flush=True)
         step = start
         while step < spec.recipe.steps:
             stop = min(spec.recipe.steps, (step // spec.checkpoint_every + 1) * spec.checkpoint_every)
@@ -168,6 +174,12 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             for slot, s in enumerate(specs):
                 export_artifact(fs, root, s, tensors[slot], recipe_hash, bundle.config.model_id, bundle.fingerprint, telemetry[slot], spec.recipe.mode)
-        log.info("pack %d/%d done: %d concepts in %.1fs", pack_index + 1, len(spec.packs), len(specs), time.perf_counter() - t_pack)
+        if rank == 0:
+            concepts_done += len(specs)
+            elapsed = time.perf_counter() - t_job
+            packs_left = len(spec.packs) - pack_index - 1
+            eta = elapsed / max(1, pack_index + 1 - first_pack) * packs_left
+            print(f"[train] pack {pack_index + 1}/{len(spec.packs)} done in {time.perf_counter() - t_pack:.1f}s | "
+                  f"concepts {concepts_done}/{total_concepts} | ETA {eta:.0f}s", flush=True)
         checkpoint(pack_index + 1, 0, [], {"pack": pack_index, "packs_done": pack_index + 1, "exported": len(specs)})
         progress = Progress(pack_index + 1, 0)

@@ -46,6 +46,7 @@ def run_training(
     hidden_size: int,
     num_layers: int,
     fail_after_steps: int | None = None,
+    exclude_epochs: list[int] | None = None,
 ) -> TrainResult:
     """Train every concept; artifacts land under `artifact_root`. Rerunning the same job id resumes."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -72,6 +73,7 @@ def run_training(
         deepspeed=cfg.deepspeed,
         checkpoint_every=cfg.checkpoint_every,
         fail_after_steps=fail_after_steps,
+        exclude_epochs=exclude_epochs or [],
     )
     run_fs, run_path = filesystem_for(run_storage_uri, storage)
     trainer = TorchTrainer(

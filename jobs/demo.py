@@ -1,0 +1,117 @@
+"""`omnipersona demo`: the whole product on one machine, with nothing to set up.
+
+Generates a small set of personal concepts (one of them broken on purpose), writes them as user
+uploads to a local folder, and runs the real job on an embedded default: local Ray, a local folder
+as the object store, a sqlite MLflow, the tiny BAGEL. Then it loads the champion concepts from the
+registry and runs one inference per task.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def demo_config(root: Path, model: str = "tiny") -> dict:
+    return {
+        "job_id": "demo",
+        "ingest": {"uploads_uri": str(root / "uploads"), "negatives_uri": str(root / "negatives"),
+                   "vit_size": 64, "vae_size": 64, "epochs": 2, "samples_per_task": 4},
+        "model": {"uri": model, "tiny_cache": str(root / "models" / "tiny-bagel")},
+        "train": {
+            "recipe": {"steps": 30, "batch_size": 4, "lr": 0.02, "num_und_tokens": 8, "num_gen_tokens": 8},
+            "deepspeed": {"zero_stage": 2},
+            "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+            "pack_size": 4,
+            "checkpoint_every": 10,
+        },
+        "artifacts": {"root": str(root / "store" / "concepts"), "work": str(root / "store" / "work"), "runs": str(root / "store" / "ray")},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", "experiment": "omnipersona-demo"},
+        # The tiny random model cannot recognise anything: the gate is set so the demo shows promotion.
+        "gate": {"minimums": {"recognition_accuracy": 0.0}},
+        "evaluation": {"max_examples": 8, "sampling_steps": 8},
+        "ray": {"num_cpus": 4},
+    }
+
+
+def write_demo_uploads(root: Path, seed: int = 7) -> None:
+    from omnipersona.world import make_concepts
+    from omnipersona.world.uploads import UploadOptions, write_uploads
+
+    concepts = make_concepts(5, seed=seed)
+    write_uploads({"acme": concepts[:3], "globex": concepts[3:]}, root / "uploads", options=UploadOptions(views=6, edits=2, pool_negatives=16))
+    shutil.move(str(root / "uploads" / "_negatives"), str(root / "negatives"))
+    # A broken upload: concept.json is not JSON. The job quarantines it and goes on.
+    broken = root / "uploads" / "globex" / "broken-upload"
+    (broken / "images").mkdir(parents=True)
+    (broken / "concept.json").write_text('{"display_name": "broken-upload", "class_word": ')
+    shutil.copy(next((root / "uploads" / "acme").glob("*/images/*.png")), broken / "images" / "000.png")
+
+
+def run_demo(root: str | Path = "omnipersona-demo", fresh: bool = True, model: str = "tiny") -> int:
+    from mlflow import MlflowClient
+
+    from pipelines.config import JobConfig
+    from pipelines.personalize import run_job
+
+    root = Path(root).resolve()
+    if fresh and root.exists():
+        for sub in ("uploads", "negatives", "store", "mlflow", "outputs"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mlflow").mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"[demo] writing sample uploads to {root / 'uploads'}", flush=True)
+    write_demo_uploads(root)
+    raw = demo_config(root, model)
+    (root / "job.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = JobConfig(**raw)
+    # Keep MLflow's files inside the demo folder (a bare sqlite URI would put them in ./mlruns).
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
+        client.create_experiment(cfg.mlflow.experiment, artifact_location=(root / "mlflow" / "artifacts").as_uri())
+    print("[demo] running the personalization job (local Ray, 2 DeepSpeed workers)", flush=True)
+    summary = run_job(cfg)
+    print(summary.to_markdown(), flush=True)
+    done = [c for c in summary.concepts if c.outcome in ("done", "skipped")]
+    if done:
+        _inference_tour(cfg, root, done[0].concept_key)
+    print(f"[demo] finished in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(f"[demo] job config: {root / 'job.yaml'}   summary: {root / 'store' / 'work' / summary.job_id / 'summary.md'}")
+    print(f"[demo] look at runs, concept models and sample pictures with:\n    mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}")
+    return 0
+
+
+def _inference_tour(cfg, root: Path, concept_key: str) -> None:
+    """One inference per task with the registered champion, as `omnipersona infer` does."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.inference import load_persona
+
+    tenant, concept = concept_key.split("/")
+    persona, name = load_persona(cfg.mlflow.tracking_uri, [f"models:/{cfg.mlflow.registry_prefix}.{tenant}.{concept}@champion"],
+                                 cfg.model.uri, cfg.model.tiny_cache, image_size=cfg.ingest.vit_size, sampling_steps=8)
+    name = name[0]
+    out = root / "outputs"
+    out.mkdir(exist_ok=True)
+    photo = np.asarray(Image.open(next((root / "uploads" / tenant / concept / "images").glob("*.png"))).convert("RGB"))
+    ans = persona.understand(f"Is <{name}> in this image?", image=photo)
+    print(f"[demo] understand: 'Is <{name}> in this image?' -> {ans.text!r} (p(yes)={ans.yes_probability:.2f})")
+    gen = persona.generate(name, f"Generate a toy for <{name}>.")
+    gen.image.save(out / "generate.png")
+    print(f"[demo] generate with knowledge replay: question={gen.replay.question!r} answer={gen.replay.answer!r}\n"
+          f"        rewritten prompt={gen.prompt_used!r} -> {out / 'generate.png'}")
+    edit = persona.edit(name, photo, f"Put <{name}> on the beach.", replay=False)
+    edit.image.save(out / "edit.png")
+    print(f"[demo] edit: 'Put <{name}> on the beach.' -> {out / 'edit.png'}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+    sys.exit(run_demo(*(sys.argv[1:2] or [])))

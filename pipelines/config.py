@@ -1,0 +1,115 @@
+"""The job spec: one typed config that flows from the entrypoint into every stage.
+
+Loaded from YAML; any field can be overridden from the environment with the `OMNIPERSONA_` prefix
+and `__` between nested names (secrets belong there, not in the YAML):
+
+    OMNIPERSONA_STORAGE__SECRET_KEY=...  OMNIPERSONA_MLFLOW__TRACKING_URI=http://mlflow:5000
+
+No stage reads the environment except through this object.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipelines.ingest.config import IngestConfig
+from pipelines.register import GateConfig
+from pipelines.storage import StorageConfig
+from pipelines.train.config import TrainStageConfig
+
+
+class ModelSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(description="BAGEL checkpoint folder (local path or s3://...); 'tiny' builds the tiny test model")
+    tiny_cache: str = Field("~/.cache/omnipersona/tiny-bagel", description="Where 'tiny' is built")
+
+
+class ArtifactSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(description="Concept artifacts: <root>/<tenant>/<concept>/<digest>/")
+    work: str | None = Field(None, description="Derived data (examples, summaries); default <root>/_work")
+    runs: str | None = Field(None, description="Ray Train run storage (checkpoints); default <root>/_runs")
+
+    @property
+    def work_root(self) -> str:
+        return self.work or f"{self.root.rstrip('/')}/_work"
+
+    @property
+    def runs_root(self) -> str:
+        return self.runs or f"{self.root.rstrip('/')}/_runs"
+
+
+class MlflowSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str
+    experiment: str = "omnipersona"
+    registry_prefix: str = "omnipersona"
+
+
+class EvaluationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_examples: int = Field(16, ge=1, description="Held-out examples per concept for the gate metrics")
+    sample_images: bool = Field(True, description="Log a sample generation and edit per concept to MLflow")
+    sampling_steps: int = Field(12, ge=2)
+
+
+class RaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="None: join the cluster we run in (ray job submit) or start a local one")
+    num_cpus: int | None = Field(None, description="Logical CPUs of a locally started Ray (oversubscribe on small machines)")
+
+
+class JobConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNIPERSONA_", env_nested_delimiter="__", extra="forbid")
+
+    job_id: str | None = Field(None, description="Default: derived from the snapshot digest and config hash")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ingest: IngestConfig
+    model: ModelSettings
+    train: TrainStageConfig = Field(default_factory=TrainStageConfig)
+    artifacts: ArtifactSettings
+    mlflow: MlflowSettings
+    gate: GateConfig = Field(default_factory=GateConfig)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    hard_negative_features: Literal["vision_encoder", "colour_histogram"] = "vision_encoder"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file (deployments inject endpoints and secrets).
+        return env_settings, init_settings, file_secret_settings
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "JobConfig":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"job config {path} does not exist (see docs/job-config.md for the format)")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"job config {path} must hold a mapping at the top level")
+        return cls(**data)
+
+    def fingerprint_fields(self) -> dict:
+        """What identifies the *training* outcome (config hash input): not endpoints or secrets."""
+        return {
+            "model": self.model.uri,
+            "recipe": self.train.recipe.model_dump(mode="json"),
+            "ingest": self.ingest.model_dump(mode="json", exclude={"uploads_uri", "negatives_uri", "include"}),
+        }
