@@ -71,7 +71,8 @@ def _delete(args) -> int:
     cfg = JobConfig.from_yaml(args.config)
     registry = ConceptRegistry(cfg.mlflow.tracking_uri, experiment_name=cfg.mlflow.experiment, prefix=cfg.mlflow.registry_prefix)
     report = delete_concept(args.tenant, args.concept, artifact_root=cfg.artifacts.root, work_root=cfg.artifacts.work_root,
-                            registry=registry, storage=cfg.storage)
+                            registry=registry, storage=cfg.storage,
+                            uploads_uri=cfg.ingest.uploads_uri if args.purge_uploads else None)
     print(json.dumps(report.__dict__, indent=2))
     return 0
 
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tenant", required=True)
     s.add_argument("--concept", required=True)
     s.add_argument("--config", required=True)
+    s.add_argument("--purge-uploads", action="store_true", help="also delete the concept's raw uploads")
     s.set_defaults(fn=_delete)
     return p
 

@@ -21,6 +21,7 @@ log = logging.getLogger("omnipersona.delete")
 @dataclass
 class DeletionReport:
     concept_key: str
+    upload_paths: list[str] = field(default_factory=list)
     artifact_paths: list[str] = field(default_factory=list)
     derived_paths: list[str] = field(default_factory=list)
     logged_models: list[str] = field(default_factory=list)
@@ -63,9 +64,17 @@ def delete_concept(
     work_root: str,
     registry: ConceptRegistry,
     storage: StorageConfig | None = None,
+    uploads_uri: str | None = None,
 ) -> DeletionReport:
+    """Delete everything made from the concept; with `uploads_uri`, its raw uploads too."""
     key = f"{tenant}/{concept}"
     report = DeletionReport(concept_key=key)
+    if uploads_uri is not None:
+        ufs, uroot = filesystem_for(uploads_uri, storage)
+        upload_dir = f"{uroot.rstrip('/')}/{tenant}/{concept}"
+        if ufs.get_file_info(upload_dir).type != pafs.FileType.NotFound:
+            delete_prefix(ufs, upload_dir)
+            report.upload_paths.append(upload_dir)
     fs, root = filesystem_for(artifact_root, storage)
     concept_dir = f"{root.rstrip('/')}/{tenant}/{concept}"
     if fs.get_file_info(concept_dir).type != pafs.FileType.NotFound:

@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.services.s3",
     "tests.services.mlflow_server",
     "tests.services.ray_cluster",
+    "tests.services.ray_head",
 ]
 
 import pytest  # noqa: E402

@@ -1,0 +1,144 @@
+"""End to end, as an MLOps team runs it: `ray job submit` to a Ray head, S3 (SeaweedFS), MLflow."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from omnipersona.world import make_concepts
+from omnipersona.world.uploads import UploadOptions, write_uploads
+from pipelines.storage import filesystem_for, list_files
+from pipelines.train.example_store import concept_part
+from tests.services.s3 import upload_tree
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ray_job_submit(ray_head, job_yaml: Path, env_vars: dict) -> subprocess.CompletedProcess:
+    runtime_env = {"env_vars": env_vars}
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
+           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
+           "python", "-m", "jobs.personalize", "--config", str(job_yaml)]
+    return subprocess.run(cmd, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=900)
+
+
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=env or os.environ.copy(),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def submitted(ray_head, s3_server, mlflow_server_s3, tiny_bagel_dir, tmp_path_factory):
+    local = tmp_path_factory.mktemp("e2e")
+    concepts = make_concepts(5, seed=21)
+    write_uploads({"acme": concepts[:3], "globex": concepts[3:]}, local / "uploads", options=UploadOptions(views=4, edits=1, pool_negatives=8))
+    shutil.move(local / "uploads" / "_negatives", local / "negatives")
+    broken = local / "uploads" / "globex" / "torn"
+    (broken / "images").mkdir(parents=True)
+    (broken / "concept.json").write_text('{"display_name": "torn"')
+    shutil.copy(next((local / "uploads" / "acme").glob("*/images/*.png")), broken / "images" / "000.png")
+    upload_tree(s3_server, local / "uploads", "e2e/uploads")
+    upload_tree(s3_server, local / "negatives", "e2e/negatives")
+    config = {
+        "ingest": {"uploads_uri": s3_server.uri("e2e/uploads"), "negatives_uri": s3_server.uri("e2e/negatives"),
+                   "vit_size": 32, "vae_size": 32, "epochs": 2, "samples_per_task": 2},
+        "model": {"uri": str(tiny_bagel_dir)},
+        "train": {"recipe": {"steps": 4, "batch_size": 2, "lr": 0.02, "num_und_tokens": 4, "num_gen_tokens": 4, "vit_size": 32, "vae_size": 32},
+                  "deepspeed": {"zero_stage": 2}, "scaling": {"num_workers": 2, "cpus_per_worker": 1}, "pack_size": 4, "checkpoint_every": 2},
+        "artifacts": {"root": s3_server.uri("e2e/concepts"), "work": s3_server.uri("e2e/work"), "runs": str(local / "ray-runs")},
+        "mlflow": {"tracking_uri": mlflow_server_s3.tracking_uri, "experiment": "e2e"},
+        "gate": {"minimums": {"recognition_accuracy": 0.0}},
+        "evaluation": {"max_examples": 2, "sample_images": True, "sampling_steps": 2},
+    }
+    job_yaml = local / "job.yaml"
+    job_yaml.write_text(yaml.safe_dump(config))
+    # Endpoints and secrets come from the environment, never from the YAML.
+    secrets = {
+        "OMNIPERSONA_STORAGE__ENDPOINT_OVERRIDE": s3_server.endpoint,
+        "OMNIPERSONA_STORAGE__SCHEME": "http",
+        "OMNIPERSONA_STORAGE__ACCESS_KEY": s3_server.access_key,
+        "OMNIPERSONA_STORAGE__SECRET_KEY": s3_server.secret_key,
+        "OMNIPERSONA_STORAGE__REGION": s3_server.region,
+    }
+    first = ray_job_submit(ray_head, job_yaml, secrets)
+    return dict(first=first, yaml=job_yaml, secrets=secrets, config=config, local=local, concepts=concepts, server=s3_server)
+
+
+def names(config):
+    return sorted(m.name for m in MlflowClient(config["mlflow"]["tracking_uri"]).search_registered_models())
+
+
+def test_submitted_job_registers_healthy_concepts_and_reports_the_broken_one(submitted):
+    first = submitted["first"]
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert "[train] pack" in first.stdout  # progress in the job log
+    client = MlflowClient(submitted["config"]["mlflow"]["tracking_uri"])
+    registered = names(submitted["config"])
+    assert len(registered) == 5
+    for name in registered:
+        version = client.get_model_version_by_alias(name, "champion")
+        assert version.version == "1"
+        assert client.get_model_version_by_alias(name, "candidate").version == "1"
+    server = submitted["server"]
+    fs, base = filesystem_for(server.uri("e2e/work"), server.storage_config())
+    summaries = [f.path for f in list_files(fs, base) if f.path.endswith("summary.json")]
+    assert len(summaries) == 1
+    with fs.open_input_stream(summaries[0]) as f:
+        summary = json.loads(f.read())
+    torn = [c for c in summary["concepts"] if c["concept_key"] == "globex/torn"]
+    assert torn and torn[0]["outcome"] == "quarantined" and "concept.json" in torn[0]["reason"]
+    assert sum(c["outcome"] == "done" for c in summary["concepts"]) == 5
+
+
+def versions(config) -> dict[str, list[str]]:
+    client = MlflowClient(config["mlflow"]["tracking_uri"])
+    return {n: sorted(v.version for v in client.search_model_versions(f"name = '{n}'")) for n in names(config)}
+
+
+def test_second_submission_registers_nothing_new(ray_head, submitted):
+    before = versions(submitted["config"])
+    again = ray_job_submit(ray_head, submitted["yaml"], submitted["secrets"])
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "nothing to train" in again.stdout or "0 to train" in again.stdout
+    assert versions(submitted["config"]) == before
+
+
+def test_infer_answers_with_a_champion_concept(submitted, tiny_bagel_dir):
+    name = submitted["concepts"][0].name
+    photo = next((submitted["local"] / "uploads" / "acme" / name / "images").glob("*.png"))
+    out = cli("infer", "understand", "--model", f"models:/omnipersona.acme.{name}@champion",
+              "--tracking-uri", submitted["config"]["mlflow"]["tracking_uri"], "--base", str(tiny_bagel_dir),
+              "--prompt", f"Is <{name}> in this image?", "--image", str(photo), "--image-size", "32")
+    assert out.returncode == 0, out.stderr[-3000:]
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert isinstance(answer["answer"], str) and 0.0 <= answer["yes_probability"] <= 1.0
+
+
+def test_delete_removes_a_concept_completely(submitted):
+    name = submitted["concepts"][1].name
+    config = submitted["config"]
+    env = os.environ.copy()
+    env.update(submitted["secrets"])
+    out = cli("delete", "--tenant", "acme", "--concept", name, "--config", str(submitted["yaml"]), "--purge-uploads", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout[out.stdout.index("{"):])
+    assert report["upload_paths"] and report["artifact_paths"] and report["derived_paths"] and report["logged_models"]
+    client = MlflowClient(config["mlflow"]["tracking_uri"])
+    assert f"omnipersona.acme.{name}" not in names(config)
+    assert not client.search_logged_models([client.get_experiment_by_name("e2e").experiment_id],
+                                           filter_string=f"tags.tenant = 'acme' AND tags.concept = '{name}'")
+    # Nothing of it in the bucket: artifacts, derived examples, MLflow's model files and pictures.
+    server = submitted["server"]
+    fs, bucket = filesystem_for(server.uri(""), server.storage_config())
+    paths = [f.path for f in list_files(fs, bucket)]
+    traces = [f"/{name}/", concept_part(f"acme/{name}"), *report["logged_models"]]
+    left = [p for p in paths if any(t in p for t in traces)]
+    assert left == [], left
+    # The other concepts are untouched.
+    assert len(names(config)) == 4

@@ -1,0 +1,85 @@
+"""A real Ray head on loopback (`ray start --head`) with the job server, for `ray job submit` tests.
+
+Separate from `ray_cluster.ray_session` (an in-process `ray.init`): this is a cluster other
+processes submit jobs to, as in production.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class RayHead:
+    gcs_address: str
+    dashboard_url: str
+    env: dict
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli() -> str:
+    return shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Unix socket paths are limited
+    port, dash = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
+           "--disable-usage-stats"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+    url = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        raise RuntimeError(f"the Ray job server at {url} did not come up")
+    try:
+        yield RayHead(gcs_address=f"127.0.0.1:{port}", dashboard_url=url, env=env)
+    finally:
+        _stop_processes_of(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_processes_of(temp_dir: str) -> None:
+    """Stop only this head's processes (`ray stop` would stop every Ray on the machine)."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        p.kill()
