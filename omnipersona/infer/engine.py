@@ -59,6 +59,7 @@ class Persona:
         tok = bundle.tokenizer
         self._yes = tok.encode("Yes", add_special_tokens=False)[0]
         self._no = tok.encode("No", add_special_tokens=False)[0]
+        self._prefixes: dict[tuple[int, ...], Context] = {}  # system-prompt contexts, forked per call
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -99,13 +100,16 @@ class Persona:
         return sorted(set(used))
 
     def _context(self, slots: list[int]) -> Context:
-        """A fresh context holding the system prompts of the given concepts."""
-        model, special = self.bundle.model, self.bundle.special
-        ctx = new_context(model)
-        table = self.bank.table()
-        for slot in slots:
-            append_text(model, ctx, system_prompt_ids(self.bundle.tokenizer, self.bank, slot), special, table, self.bank.virtual_gen_start)
-        return ctx
+        """A fresh context holding the system prompts of the given concepts (prefilled once, then forked)."""
+        key = tuple(slots)
+        if key not in self._prefixes:
+            model, special = self.bundle.model, self.bundle.special
+            ctx = new_context(model)
+            table = self.bank.table()
+            for slot in slots:
+                append_text(model, ctx, system_prompt_ids(self.bundle.tokenizer, self.bank, slot), special, table, self.bank.virtual_gen_start)
+            self._prefixes[key] = ctx
+        return self._prefixes[key].fork()
 
     def _append(self, ctx: Context, text: str) -> None:
         ids = encode(self.bundle.tokenizer, text, self.identifiers)

@@ -1,0 +1,68 @@
+"""Segment lists -> `PackedBatch` through the model library's own packer (`packing.pack`).
+
+All latents of a step are encoded by the frozen VAE in one batched call (posterior samples drawn
+from a step-seeded generator), then handed to the packer as `VaeLatent` items.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..model.images import to_tensor
+from ..model.packing import PackedBatch, Text, VaeLatent, VitImage, pack
+from .tasks import Seg
+
+
+class PretrainBatcher:
+    def __init__(self, model, vae, tokenizer, special, image_size: int):
+        self.model, self.vae, self.tokenizer, self.special = model, vae, tokenizer, special
+        self.image_size = image_size
+        self._ids: dict[str, list[int]] = {}
+
+    def ids(self, text: str) -> list[int]:
+        cached = self._ids.get(text)
+        if cached is None:
+            cached = self.tokenizer.encode(text, add_special_tokens=False)
+            if len(self._ids) < 200_000:
+                self._ids[text] = cached
+        return cached
+
+    @torch.no_grad()
+    def encode_latents(self, images: list, generator: torch.Generator) -> torch.Tensor:
+        """Scaled posterior samples [N, z, h, w] (BAGEL's scaling: z = s * (raw - shift))."""
+        size = (self.image_size, self.image_size)
+        x = torch.stack([to_tensor(im, size) for im in images])
+        dist = self.vae.ae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator)
+        return self.vae.config.scale_factor * (z - self.vae.config.shift_factor)
+
+    def batch(self, samples: list[list[Seg]], generator: torch.Generator) -> PackedBatch:
+        size = (self.image_size, self.image_size)
+        latent_images = [s.image for segs in samples for s in segs if s.kind in ("cond", "target")]
+        latents = iter(self.encode_latents(latent_images, generator)) if latent_images else iter(())
+        packed_samples = []
+        for segs in samples:
+            items = []
+            for s in segs:
+                if s.kind == "text":
+                    items.append(Text(self.ids(s.text), loss=s.loss))
+                elif s.kind == "vit":
+                    items.append(VitImage(to_tensor(s.image, size)))
+                elif s.kind in ("cond", "target"):
+                    items.append(VaeLatent(next(latents), loss=s.kind == "target"))
+                else:
+                    raise ValueError(f"unknown segment kind {s.kind!r}")
+            packed_samples.append(items)
+        cfg, sp = self.model.config, self.special
+        return pack(
+            packed_samples,
+            bos=sp.bos,
+            eos=sp.eos,
+            start_of_image=sp.start_of_image,
+            end_of_image=sp.end_of_image,
+            vocab_size=cfg.llm.vocab_size,
+            vit_patch=cfg.vit.patch_size,
+            vit_max_per_side=cfg.vit_max_num_patch_per_side,
+            latent_patch=cfg.latent_patch_size,
+            max_latent_size=cfg.max_latent_size,
+            generator=generator,
+        )

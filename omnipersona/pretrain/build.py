@@ -1,0 +1,121 @@
+"""Build the world base in the BAGEL release layout, or reuse the cached one.
+
+    folder = ensure_world_base()            # builds once (~15 min on 2 CPU cores), then cached
+    bundle = load_world_base()              # LoadedBagel, like any BAGEL checkpoint
+
+Cache: `$OMNIPERSONA_BASE_CACHE/world-base-<config digest>` (default root `~/.cache/omnipersona`).
+A build writes into a temporary sibling folder and renames it when complete, under a file lock, so
+concurrent callers never see half a checkpoint and only one of them builds.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..model.bagel import Bagel
+from ..model.checkpoint import LoadedBagel, load_bagel, save_bagel
+from ..model.tokenizer import build_tiny_tokenizer, load_tokenizer
+from ..model.vae import FluxVAE
+from .base_stage import train_base
+from .batches import PretrainBatcher
+from .config import PretrainConfig, bagel_config
+from .tasks import corpus
+from .vae_stage import train_vae
+from .vit_stage import train_vit
+
+CACHE_ENV = "OMNIPERSONA_BASE_CACHE"
+RECIPE_FILE = "pretrain_recipe.json"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "omnipersona")
+
+
+def base_folder(cfg: PretrainConfig | None = None, root: str | Path | None = None) -> Path:
+    cfg = cfg or PretrainConfig()
+    return Path(root or cache_root()) / f"world-base-{cfg.digest()}"
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / f).exists() for f in ("ema.safetensors", "ae.safetensors", "tokenizer.json", RECIPE_FILE))
+
+
+def build_world_base(folder: str | Path, cfg: PretrainConfig | None = None, log=print) -> Path:
+    """Pretrain a world base from scratch into `folder` (deterministic for a config and thread count)."""
+    cfg = cfg or PretrainConfig()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        t0 = time.time()
+        bcfg = bagel_config(cfg.model)
+        tokenizer = build_tiny_tokenizer(folder, corpus(cfg.seed), vocab_size=cfg.model.vocab_size - 16)
+        tokenizer, special = load_tokenizer(folder)
+        if len(tokenizer) > bcfg.llm.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the model {bcfg.llm.vocab_size}")
+        t_tok = time.time()
+        torch.manual_seed(cfg.seed)
+        vae = FluxVAE(bcfg.vae)
+        vae_losses = train_vae(vae, steps=cfg.vae_steps, batch_size=cfg.vae_batch_size, lr=cfg.vae_lr,
+                               size=cfg.model.image_size, seed=cfg.seed, crop_steps=cfg.vae_crop_steps, log=log)
+        for p in vae.parameters():
+            p.requires_grad_(False)
+        t_vae = time.time()
+        torch.manual_seed(cfg.seed + 2)
+        model = Bagel(bcfg)
+        vit_losses = train_vit(model, steps=cfg.vit_steps, batch_size=cfg.vit_batch_size, lr=cfg.vit_lr,
+                               size=cfg.model.image_size, seed=cfg.seed, log=log)
+        t_vit = time.time()
+        batcher = PretrainBatcher(model, vae, tokenizer, special, cfg.model.image_size)
+        history = train_base(model, batcher, cfg, log=log)
+        t_base = time.time()
+        save_bagel(folder, model, vae, tokenizer)
+        tail = history[-100:]
+        recipe = {
+            "config": cfg.model_dump(mode="json"),
+            "digest": cfg.digest(),
+            "seconds": {"tokenizer": t_tok - t0, "vae": t_vae - t_tok, "vit": t_vit - t_vae, "base": t_base - t_vit, "total": time.time() - t0},
+            "final": {
+                "vae_loss": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
+                "vit_loss": sum(vit_losses[-50:]) / max(1, len(vit_losses[-50:])),
+                "ce": sum(r["ce"] for r in tail) / max(1, len(tail)),
+                "mse": sum(r["mse"] for r in tail) / max(1, len(tail)),
+            },
+            "torch": torch.__version__,
+        }
+        (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
+        return folder
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def ensure_world_base(cfg: PretrainConfig | None = None, root: str | Path | None = None, log=print) -> Path:
+    """The cached world base folder for `cfg`, built first when missing."""
+    cfg = cfg or PretrainConfig()
+    folder = base_folder(cfg, root)
+    if is_complete(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same base
+        if is_complete(folder):
+            return folder
+        partial = folder.parent / f".{folder.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        if log:
+            log(f"building the world base {folder.name} (config digest {cfg.digest()}) ...")
+        build_world_base(partial, cfg, log=log)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    return folder
+
+
+def load_world_base(cfg: PretrainConfig | None = None, root: str | Path | None = None, log=print) -> LoadedBagel:
+    return load_bagel(str(ensure_world_base(cfg, root, log=log)))

@@ -1,0 +1,125 @@
+"""The recipe of the world base: model size, data mix and schedule, all in one hashed config.
+
+The base is rebuilt deterministically from this config alone, so its hash names the cache folder:
+change any field and a new base is built next to the old one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..model.config import BagelConfig, LLMConfig, VAEConfig, ViTConfig
+
+RECIPE_VERSION = "2"  # bump when the code changes what a config builds
+
+
+class ModelSize(BaseModel):
+    """The BAGEL architecture, scaled down (same modules, only these numbers differ)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    mlp_ratio: int = 2
+    vocab_size: int = 768
+    vit_hidden: int = 96
+    vit_layers: int = 2
+    vit_heads: int = 4
+    vit_patch: int = 8
+    image_size: int = 32
+    vae_ch: int = 32
+    vae_levels: int = 3  # 2**(levels-1) = spatial downsample of the VAE
+    z_channels: int = 8
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(1400, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+
+class TaskMix(BaseModel):
+    """Relative weights of the pretraining tasks (see `omnipersona.pretrain.tasks`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caption: float = 1.0  # image -> caption
+    t2i: float = 1.5  # caption -> image
+    vqa: float = 1.0  # image + question -> answer
+    edit: float = 1.0  # source + instruction -> target
+    named_recognition: float = 1.5  # "<name> is ..." + image: "Is <name> in this image?"
+    named_vqa: float = 0.75
+    named_text_qa: float = 1.0  # facts in context -> answer, train and other wordings
+    named_t2i: float = 1.5  # facts in context + "a photo of <name> ..." -> image
+    named_edit: float = 0.75
+    intent: float = 0.3  # the knowledge-replay few-shot prompt -> explicit question
+
+
+class PretrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    model: ModelSize = ModelSize()
+    vae_crop_steps: int = Field(800, ge=0)  # first on 16-pixel crops (4x cheaper), then whole images
+    vae_steps: int = Field(150, ge=0)
+    vae_batch_size: int = 16
+    vae_lr: float = 3e-3
+    schedule: Schedule = Schedule()
+    mix: TaskMix = TaskMix()
+    mse_weight: float = 1.0
+    cfg_dropout: float = 0.1  # drop the generation condition this often (classifier-free guidance)
+    target_repeats: int = Field(2, ge=1)  # noised copies of each generation target (cheap extra flow terms)
+    vit_steps: int = Field(500, ge=0)  # stage 1b: vision encoder on attribute labels (SigLIP stand-in)
+    vit_batch_size: int = 64
+    vit_lr: float = 2e-3
+    threads: int = 1  # intra-op threads: more than 1 on shared, busy cores makes OpenMP spin (10-50x slower)
+
+    def digest(self) -> str:
+        payload = json.dumps({"recipe": RECIPE_VERSION, **self.model_dump(mode="json", exclude={"threads"})}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def bagel_config(size: ModelSize) -> BagelConfig:
+    """The BagelConfig of a world base (a BAGEL-7B-MoT config with small numbers)."""
+    latent_side = size.image_size // (2 ** (size.vae_levels - 1)) // 2
+    return BagelConfig(
+        llm=LLMConfig(
+            vocab_size=size.vocab_size,
+            hidden_size=size.hidden_size,
+            intermediate_size=size.hidden_size * size.mlp_ratio,
+            num_hidden_layers=size.layers,
+            num_attention_heads=size.heads,
+            num_key_value_heads=size.kv_heads,
+            max_position_embeddings=4096,
+            rope_theta=10000.0,
+        ),
+        vit=ViTConfig(
+            hidden_size=size.vit_hidden,
+            intermediate_size=size.vit_hidden * 2,
+            num_hidden_layers=size.vit_layers + 1,  # the release counts the dropped last layer
+            num_attention_heads=size.vit_heads,
+            image_size=size.image_size,
+            patch_size=size.vit_patch,
+        ),
+        vae=VAEConfig(
+            resolution=size.image_size,
+            ch=size.vae_ch,
+            ch_mult=[1] * size.vae_levels,
+            num_res_blocks=1,
+            z_channels=size.z_channels,
+            downsample=2 ** (size.vae_levels - 1),
+        ),
+        max_latent_size=max(4, latent_side),
+        vit_max_num_patch_per_side=size.image_size // size.vit_patch,
+        model_id="omnipersona/world-base",
+    )
