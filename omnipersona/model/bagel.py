@@ -64,13 +64,14 @@ class Bagel(nn.Module):
     def embed_vit(self, packed_vit_tokens, packed_vit_position_ids, vit_token_seqlens) -> torch.Tensor:
         """Patches -> SigLIP -> connector -> + 2-D position table (LLM width)."""
         seqlens = [int(n) for n in torch.as_tensor(vit_token_seqlens).tolist()]
-        feats = self.vit_model(packed_vit_tokens, packed_vit_position_ids, seqlens)
+        dtype = self.vit_model.vision_model.embeddings.patch_embedding.weight.dtype
+        feats = self.vit_model(packed_vit_tokens.to(dtype), packed_vit_position_ids, seqlens)
         return self.connector(feats) + self.vit_pos_embed(packed_vit_position_ids)
 
     def embed_latents(self, packed_latent, timesteps, packed_latent_position_ids) -> torch.Tensor:
         """Patchified latents at flow time t -> LLM width (+ timestep and 2-D position embeddings)."""
         return (
-            self.vae2llm(packed_latent)
+            self.vae2llm(packed_latent.to(self.vae2llm.weight.dtype))
             + self.time_embedder(timesteps)
             + self.latent_pos_embed(packed_latent_position_ids)
         )
@@ -155,10 +156,11 @@ class Bagel(nn.Module):
         clean = target = None
         has_vae = packed_vae_token_indexes is not None and len(packed_vae_token_indexes) > 0
         if has_vae:
-            clean = self.patchify_latents(padded_latent, patchified_vae_latent_shapes)
+            clean = self.patchify_latents(padded_latent, patchified_vae_latent_shapes).to(seq.dtype)
             if noise is None:
                 noise = torch.randn_like(clean)
             t = shift_timesteps(torch.sigmoid(packed_timesteps.to(clean.dtype)), self.config.timestep_shift)
+            noise = noise.to(clean.dtype)
             noisy = (1 - t[:, None]) * clean + t[:, None] * noise
             seq[packed_vae_token_indexes] = self.embed_latents(noisy, t, packed_latent_position_ids).to(seq.dtype)
         elif self.uniform_calls:

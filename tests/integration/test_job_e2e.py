@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,13 @@ def ray_job_submit(ray_head, job_yaml: Path, env_vars: dict) -> subprocess.Compl
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
            "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
            "python", "-m", "jobs.personalize", "--config", str(job_yaml)]
-    return subprocess.run(cmd, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=900)
+    for _ in range(24):
+        done = subprocess.run(cmd, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=900)
+        # A freshly started head answers before its job agent is up: that is not a failed job.
+        if "No available agent" not in done.stdout + done.stderr:
+            return done
+        time.sleep(5)
+    return done
 
 
 def cli(*args, env=None) -> subprocess.CompletedProcess:
@@ -91,6 +98,8 @@ def test_submitted_job_registers_healthy_concepts_and_reports_the_broken_one(sub
     assert len(summaries) == 1
     with fs.open_input_stream(summaries[0]) as f:
         summary = json.loads(f.read())
+    status = cli("status", summary["job_id"], "--config", str(submitted["yaml"]), env={**os.environ, **submitted["secrets"]})
+    assert status.returncode == 0 and "5 done, 0 skipped, 1 quarantined, 0 failed" in status.stdout, status.stdout + status.stderr
     torn = [c for c in summary["concepts"] if c["concept_key"] == "globex/torn"]
     assert torn and torn[0]["outcome"] == "quarantined" and "concept.json" in torn[0]["reason"]
     assert sum(c["outcome"] == "done" for c in summary["concepts"]) == 5

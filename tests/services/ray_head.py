@@ -48,7 +48,10 @@ def ray_head():
     }
     cmd = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
-           "--disable-usage-stats"]
+           "--disable-usage-stats",
+           # The session's in-process Ray (ray_cluster.py) holds the default agent ports: pick free ones.
+           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 60
