@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..model.images import to_tensor
-from ..model.packing import PackedBatch, Text, VaeLatent, VitImage, pack
+from ..model.packing import PackedBatch, Text, VaeLatent, VitImage
 from .bank import ConceptBank
 from .prompts import encode, sks, system_prompt_ids
 
@@ -102,26 +102,13 @@ class SampleBuilder:
         return items, noises
 
     def batch(self, examples: list[ConceptExample]) -> TrainBatch:
-        cfg, special = self.bundle.config, self.bundle.special
         samples, noises = [], []
         for ex in examples:
             g = torch.Generator().manual_seed(int(ex.seed))
             items, n = self.items(ex, g)
             samples.append(items)
             noises += n
-        packed = pack(
-            samples,
-            bos=special.bos,
-            eos=special.eos,
-            start_of_image=special.start_of_image,
-            end_of_image=special.end_of_image,
-            vocab_size=cfg.llm.vocab_size,
-            vit_patch=cfg.vit.patch_size,
-            vit_max_per_side=cfg.vit_max_num_patch_per_side,
-            latent_patch=cfg.latent_patch_size,
-            max_latent_size=cfg.max_latent_size,
-            virtual_gen_start=self.bank.virtual_gen_start,
-        )
+        packed = self.bundle.pack(samples, virtual_gen_start=self.bank.virtual_gen_start)
         return TrainBatch(
             packed=packed,
             noise=torch.cat(noises) if noises else None,

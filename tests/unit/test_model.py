@@ -7,7 +7,7 @@ import torch
 
 from omnipersona.model.checkpoint import CheckpointError, load_bagel, save_bagel
 from omnipersona.model.llm import _route
-from omnipersona.model.packing import Text, VaeLatent, VitImage, pack
+from omnipersona.model.packing import Text, VaeLatent, VitImage
 from omnipersona.model.sampling import (
     FlowSampling,
     append_text,
@@ -21,21 +21,7 @@ from omnipersona.model.sampling import (
 
 
 def pack_for(bundle, samples, **kw):
-    cfg = bundle.config
-    s = bundle.special
-    return pack(
-        samples,
-        bos=s.bos,
-        eos=s.eos,
-        start_of_image=s.start_of_image,
-        end_of_image=s.end_of_image,
-        vocab_size=cfg.llm.vocab_size,
-        vit_patch=cfg.vit.patch_size,
-        vit_max_per_side=cfg.vit_max_num_patch_per_side,
-        latent_patch=cfg.latent_patch_size,
-        max_latent_size=cfg.max_latent_size,
-        **kw,
-    )
+    return bundle.pack(samples, **kw)
 
 
 def ids(bundle, text):
