@@ -1,0 +1,214 @@
+"""FLOPs and efficiency of one training step: step FLOPs vs the forward's, and MFU on this CPU.
+
+    python -m benchmarks.flops                       # tiny config and a larger CPU config
+    python -m benchmarks.flops --configs tiny --pack 8 --batch-size 8
+
+For each model config: one packed batch of `--pack` concepts x `--batch-size` examples (the task
+mix of the training recipe: recognition and VQA with a ViT image, text QA, text-to-image with a
+noised VAE latent, editing with a clean source latent + ViT image and a noised target), the
+backbone frozen, the concept bank the only trainable parameter. Counted with
+torch.utils.flop_counter (attention included, see `common.flop_counter`):
+  - batch building: what `SampleBuilder.batch` runs (the frozen VAE encoder on t2i / edit images),
+  - forward: `compute_loss` without grad,
+  - training step: `compute_loss` + backward + AdamW step.
+Achieved FLOP/s = step FLOPs / best-of-N step time; MFU = achieved / the best FLOP/s of a large
+fp32 matmul timed in the same run with the same thread count (the practical peak of this CPU).
+Times are the process's CPU time (one thread: what a dedicated core takes; the machine is shared).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    flop_counter,
+    machine,
+    markdown_table,
+    matmul_peak_flops,
+    print_result,
+    set_threads,
+    step_clock,
+    tiny_model_dir,
+)
+
+# name -> (tiny_config overrides, image side). "small" is ~20x tiny in LLM width: still CPU-sized,
+# big enough that matmuls, not Python, dominate a step.
+CONFIGS = {
+    "tiny": ({}, 64),
+    "small": (dict(hidden_size=512, layers=4, heads=8, kv_heads=2, vit_hidden=256, vit_layers=4), 64),
+}
+# BAGEL-7B-MoT at full width, run with ONE LLM layer and ONE ViT layer and a small vocabulary (FLOPs
+# only, no timing), then extrapolated per module to 28 LLM layers, 26 ViT layers, 152064 words.
+BAGEL7B = "bagel7b"
+SDPA_OPS = ("_scaled_dot_product",)
+LLM_LAYER, VIT_LAYER = "Bagel.language_model.model.layers.0", "Bagel.vit_model.vision_model.encoder.layers.0"
+HEAD, FROZEN_INPUT_MODULES = "Bagel.language_model.lm_head", ("Bagel.vit_model", "Bagel.connector")
+
+
+def load_config(name: str, cache: Path):
+    from omnipersona.model.tiny import build_tiny_bagel, tiny_config
+
+    if name == BAGEL7B:
+        from omnipersona.model.config import BagelConfig, LLMConfig, ViTConfig
+
+        from benchmarks.common import random_bagel_bundle
+
+        cfg = BagelConfig(llm=LLMConfig(num_hidden_layers=1, vocab_size=640), vit=ViTConfig(num_hidden_layers=2))
+        return random_bagel_bundle(cfg, "cpu", torch.float32), 224, 256
+    overrides, size = CONFIGS[name]
+    if name == "tiny":
+        from omnipersona.model.checkpoint import load_bagel
+
+        return load_bagel(str(tiny_model_dir())), size, size
+    return build_tiny_bagel(cache / f"bench-{name}", seed=0, config=tiny_config(**overrides)), size, size
+
+
+def make_batch(bundle, pack: int, batch_size: int, vit_size: int, vae_size: int | None = None):
+    from omnipersona.concepts.bank import ConceptBank
+    from omnipersona.concepts.samples import SampleBuilder
+    from omnipersona.pretrain.world_concepts import concept_pool
+    from omnipersona.training import step_examples
+    from omnipersona.world import make_concepts
+
+    llm = bundle.config.llm
+    bank = ConceptBank(pack, llm.hidden_size, llm.vocab_size, 16, 16)
+    with torch.no_grad():  # a realistic scale for the rows (the init uses vocabulary statistics)
+        std = float(bundle.model.language_model.model.embed_tokens.weight.float().std())
+        for p in bank.parameters():
+            p.normal_(0, std)
+    bank.to(next(bundle.model.parameters()).device)
+    pools = [concept_pool(c, 0, size=64, views=6, negatives=3, edits=2) for c in make_concepts(pack, seed=9)]
+    builder = SampleBuilder(bundle, bank, vit_size, vae_size or vit_size)
+    examples = step_examples(pools, 0, batch_size, 0)
+    return bank, builder, examples
+
+
+def op_totals(counter, scale_layers: tuple[int, int] | None = None, vocab: tuple[int, int] | None = None) -> dict:
+    """{op: FLOPs} of a counted run; with `scale_layers` = (LLM layers, ViT layers) the one counted
+    layer of each stands for all of them, and `vocab` = (used, real) rescales the LM head."""
+    counts = counter.get_flop_counts()
+    total = {str(op): n for op, n in counts.get("Global", {}).items()}
+    if scale_layers is None:
+        return total
+    llm_layers, vit_layers = scale_layers
+    extra = [(LLM_LAYER, llm_layers - 1), (VIT_LAYER, vit_layers - 1), (HEAD, vocab[1] / vocab[0] - 1)]
+    for module, factor in extra:
+        for op, n in counts.get(module, {}).items():
+            total[str(op)] = total.get(str(op), 0) + factor * n
+    return total
+
+
+def module_total(counter, names: tuple[str, ...], vit_layers: int | None = None) -> float:
+    counts = counter.get_flop_counts()
+    total = sum(sum(counts.get(n, {}).values()) for n in names)
+    if vit_layers is not None:
+        total += (vit_layers - 1) * sum(counts.get(VIT_LAYER, {}).values())
+    return total
+
+
+def measure(name: str, args, cache: Path) -> dict:
+    from omnipersona.training import TrainConfig, compute_loss, make_optimizer
+
+    full = name == BAGEL7B
+    bundle, vit_size, vae_size = load_config(name, cache)
+    bundle.model.freeze()
+    # The 7B-width run: one example of each task (recognition, VQA, text QA, t2i, edit), no timing.
+    pack, batch_size = (1, 5) if full else (args.pack, args.batch_size)
+    bank, builder, examples = make_batch(bundle, pack, batch_size, vit_size, vae_size)
+    weights = TrainConfig().loss_weights
+    opt, _ = make_optimizer(bank, TrainConfig(lr=1e-3))
+
+    with flop_counter() as build_count:
+        batch = builder.batch(examples)
+
+    def step():
+        loss, _ = compute_loss(bundle, bank, batch, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with flop_counter() as fwd_count, torch.no_grad():
+        compute_loss(bundle, bank, batch, weights)
+    with flop_counter() as step_count:
+        step()
+
+    scale = dict(scale_layers=(28, 26), vocab=(bundle.config.llm.vocab_size, 152064)) if full else {}
+    fwd_ops, step_ops = op_totals(fwd_count, **scale), op_totals(step_count, **scale)
+    fwd, stp, bld = sum(fwd_ops.values()), sum(step_ops.values()), build_count.get_total_flops()
+    attention = sum(n for op, n in fwd_ops.items() if any(k in op for k in SDPA_OPS))
+    frozen_input = module_total(fwd_count, FROZEN_INPUT_MODULES, 26 if full else None)
+    n = len(examples)
+    row = {
+        "config": name + (" (1 layer counted, x28 / x26)" if full else ""),
+        "hidden": bundle.config.llm.hidden_size, "layers": 28 if full else bundle.config.llm.num_hidden_layers,
+        "samples": n, "tokens": batch.packed.sequence_length, "forward_flops_per_sample": fwd / n,
+        "step_flops_per_sample": stp / n, "build_flops_per_sample": bld / n, "step_over_forward": stp / fwd,
+        "attention_share_of_forward": attention / fwd, "vit_share_of_forward": frozen_input / fwd,
+        "step_s": None, "build_s": None, "achieved_flops": None,
+    }
+    if full:
+        return row
+    step(); step()  # warm-up
+    clock = step_clock("cpu")
+    step_times, build_times = [], []
+    for _ in range(args.repeats):
+        t0 = clock()
+        step()
+        step_times.append(clock() - t0)
+        t0 = clock()
+        builder.batch(examples)
+        build_times.append(clock() - t0)
+    row.update(step_s=min(step_times), build_s=min(build_times), achieved_flops=stp / min(step_times))
+    return row
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=f"tiny,small,{BAGEL7B}", help=f"comma list of {sorted(CONFIGS) + [BAGEL7B]}")
+    p.add_argument("--pack", type=int, default=8, help="concepts in the packed batch")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per concept")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps (the best one counts)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--matmul-size", type=int, default=2048)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    cache = Path(tempfile.gettempdir()) / "omnipersona-bench-models"
+    # The peak is measured before and after the configs and the best kept: one slow sample on a
+    # shared machine must not make the MFU look better than it is.
+    peak = matmul_peak_flops("cpu", torch.float32, args.matmul_size)
+    results = [measure(name, args, cache) for name in args.configs.split(",") if name]
+    peak = max(peak, matmul_peak_flops("cpu", torch.float32, args.matmul_size))
+    rows = []
+    for r in results:
+        timed = r["achieved_flops"] is not None
+        r["mfu"] = r["achieved_flops"] / peak if timed else None
+        rows.append([r["config"], f"{r['hidden']}x{r['layers']}", r["samples"], r["tokens"],
+                     f"{r['forward_flops_per_sample'] / 1e9:.3f}", f"{r['step_flops_per_sample'] / 1e9:.3f}",
+                     f"{r['step_over_forward']:.2f}x", f"{r['attention_share_of_forward']:.1%}",
+                     f"{r['vit_share_of_forward']:.1%}", f"{r['build_flops_per_sample'] / 1e9:.3f}",
+                     f"{r['step_s'] * 1e3:.0f}" if timed else "-", f"{r['build_s'] * 1e3:.0f}" if timed else "-",
+                     f"{r['achieved_flops'] / 1e9:.2f}" if timed else "-", f"{peak / 1e9:.1f}",
+                     f"{r['mfu']:.1%}" if timed else "-"])
+    print()
+    print(markdown_table(["config", "hidden x layers", "samples", "tokens", "fwd GFLOP / sample", "step GFLOP / sample",
+                          "step / fwd", "attention share of fwd", "ViT share of fwd", "batch-build GFLOP / sample",
+                          "step (ms)", "build (ms)", "achieved GFLOP/s", "matmul peak GFLOP/s", "MFU"], rows))
+    print()
+    payload = {"machine": machine(), "args": vars(args), "matmul_peak_flops": peak, "rows": results}
+    print_result("flops", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
