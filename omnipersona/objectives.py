@@ -21,6 +21,9 @@ class LossWeights:
     lambda_edit: float = 1.0
 
 
+_TASK_CODES = {"t2i": 0, "edit": 1}  # the latent (MSE) tasks; others never own latent rows
+
+
 def _per_slot_mean(values: torch.Tensor, slots: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
     sums = values.new_zeros(num_slots).index_add(0, slots, values)
     counts = values.new_zeros(num_slots).index_add(0, slots, torch.ones_like(values))
@@ -41,8 +44,12 @@ def concept_losses(out: dict, batch: TrainBatch, num_slots: int, weights: LossWe
     if out.get("mse") is not None:
         row_samples = p.mse_sample_ids
         per_row = out["mse"].float().mean(dim=-1)  # mean over latent channels of each token
+        # Task of each latent row, vectorised: a per-sample task code indexed by the rows' samples
+        # (one small tensor per batch instead of a Python loop over every latent row).
+        codes = torch.tensor([_TASK_CODES.get(t, -1) for t in sample_task], dtype=torch.long, device=row_samples.device)
+        row_task = codes[row_samples]
         for task, lam in (("t2i", weights.lambda_img), ("edit", weights.lambda_edit)):
-            is_task = torch.tensor([sample_task[int(s)] == task for s in row_samples], dtype=torch.bool)
+            is_task = row_task == _TASK_CODES[task]
             if not bool(is_task.any()):
                 continue
             slots = batch.sample_slots[row_samples[is_task]]

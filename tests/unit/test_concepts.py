@@ -111,3 +111,33 @@ def test_placeholders_map_to_own_identifiers(tiny_bagel):
     ids = encode(tok, "Is <maeve> with <rex>?", {"maeve": bank.identifier_id(0), "rex": bank.identifier_id(2)})
     assert bank.identifier_id(0) in ids and bank.identifier_id(2) in ids and bank.identifier_id(1) not in ids
     assert len(set(bank.und_ids(0)) & set(bank.und_ids(1))) == 0
+
+
+def test_concept_losses_split_latent_rows_by_task_like_a_per_row_loop(tiny_bagel):
+    from omnipersona.objectives import LossWeights, concept_losses
+
+    bank = new_bank(tiny_bagel, 3)
+    builder = SampleBuilder(tiny_bagel, bank)
+    examples = [ex for i in range(3) for ex in pool(f"t/c{i}", i).examples]
+    examples = [ConceptExample(slot, ex.task, ex.prompt, ex.answer, ex.image, ex.target, seed=7 + slot)
+                for slot in range(3) for ex in examples[slot * 5 : slot * 5 + 5]]
+    batch = builder.batch(examples[:-1])  # concept 2 has no edit sample: its edit loss is NaN
+    rows = batch.packed.mse_sample_ids
+    g = torch.Generator().manual_seed(0)
+    out = {"mse": torch.rand(len(rows), 16, generator=g), "ce": None}
+    weights = LossWeights(0.5, 2.0)
+    total, table = concept_losses(out, batch, 3, weights)
+    # Reference: the task of every latent row looked up one row at a time.
+    per_row = out["mse"].mean(-1)
+    expected_total = 0.0
+    for task, lam in (("t2i", 0.5), ("edit", 2.0)):
+        means = []
+        for slot in range(3):
+            vals = [per_row[i] for i, s in enumerate(rows.tolist())
+                    if batch.sample_tasks[s] == task and int(batch.sample_slots[s]) == slot]
+            means.append(torch.stack(vals).mean() if vals else torch.tensor(float("nan")))
+        means = torch.stack(means)
+        torch.testing.assert_close(table[task], means, equal_nan=True)
+        expected_total = expected_total + lam * means.nan_to_num(0.0).sum()
+    assert torch.isnan(table["edit"][2]) and not torch.isnan(table["t2i"]).any()
+    torch.testing.assert_close(total, expected_total)
