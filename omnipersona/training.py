@@ -104,10 +104,26 @@ def make_optimizer(bank: ConceptBank, cfg: TrainConfig) -> tuple[torch.optim.Opt
     return opt, sched
 
 
-def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainConfig, on_step=None) -> list[dict]:
-    """Train every concept of the pack for `cfg.steps` optimizer steps; returns per-step losses."""
+def pack_step_examples(pools: list[ConceptPool], start: int, stop: int, batch_size: int, seed: int):
+    """Every example that steps start..stop-1 of a pack draw (what `SampleBuilder.precompute` takes)."""
+    for step in range(start, stop):
+        yield from step_examples(pools, step, batch_size, seed)
+
+
+def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainConfig, on_step=None,
+               builder: SampleBuilder | None = None) -> list[dict]:
+    """Train every concept of the pack for `cfg.steps` optimizer steps; returns per-step losses.
+
+    `builder` (optional) is a `SampleBuilder` of this bundle and bank whose cache may already hold
+    the pack's images (e.g. filled by `init_concept(..., cache=builder.cache)`).
+    """
     bundle.model.freeze()
-    builder = SampleBuilder(bundle, bank, cfg.vit_size, cfg.vae_size)
+    if builder is None:
+        builder = SampleBuilder(bundle, bank, cfg.vit_size, cfg.vae_size)
+    elif builder.bank is not bank:
+        raise ValueError("builder was made for another bank")
+    # The VAE is frozen: encode each latent image the steps will use once, here, not at every step.
+    builder.precompute(pack_step_examples(pools, 0, cfg.steps, cfg.batch_size, cfg.seed))
     opt, sched = make_optimizer(bank, cfg)
     history = []
     for step in range(cfg.steps):

@@ -19,31 +19,47 @@ import torch
 from ..model.images import to_tensor
 from ..model.layers import flattened_position_ids, patchify
 from .bank import ConceptBank
+from .samples import ImageCache, encode_posterior
 
 InitStrategy = Literal["image", "class_word", "random"]
 
 
 @torch.no_grad()
-def image_features(bundle, images: list[np.ndarray], vit_size: int = 64) -> torch.Tensor:
-    """Connector outputs of each image, mean-pooled: [N, D]. Also the hard-negative miner's features."""
+def image_features(bundle, images: list[np.ndarray], vit_size: int = 64, cache: ImageCache | None = None) -> torch.Tensor:
+    """Connector outputs of each image, mean-pooled: [N, D]. Also the hard-negative miner's features.
+
+    With `cache` (e.g. a `SampleBuilder`'s), each image's features are computed once and reused.
+    """
     model, cfg = bundle.model, bundle.config
     p = cfg.vit.patch_size
-    feats = []
-    for img in images:
+
+    def one(img):
         x = to_tensor(img, (vit_size, vit_size)).to(model.llm2vae.weight)
         tokens = patchify(x, p)
         pos = flattened_position_ids(vit_size, vit_size, p, cfg.vit_max_num_patch_per_side).to(x.device)
-        feats.append(model.embed_vit(tokens, pos, [tokens.shape[0]]).mean(0))
-    return torch.stack(feats)
+        return model.embed_vit(tokens, pos, [tokens.shape[0]]).mean(0)
+
+    if cache is None:
+        return torch.stack([one(img) for img in images])
+    return torch.stack([cache.get("vit", img, vit_size, lambda img=img: one(img)) for img in images])
 
 
 @torch.no_grad()
-def latent_features(bundle, images: list[np.ndarray], vae_size: int = 64) -> torch.Tensor:
+def latent_features(bundle, images: list[np.ndarray], vae_size: int = 64, cache: ImageCache | None = None) -> torch.Tensor:
+    """`vae2llm` of each image's latent tokens (the posterior mean), mean-pooled: [N, D].
+
+    With `cache`, the VAE posterior is the one the training latents of the same image use: the
+    encoder runs once per image for both.
+    """
     model, vae = bundle.model, bundle.vae
     feats = []
     for img in images:
-        x = to_tensor(img, (vae_size, vae_size))[None].to(model.llm2vae.weight)
-        z = vae.encode(x, sample=False)
+        if cache is None:
+            x = to_tensor(img, (vae_size, vae_size))[None].to(model.llm2vae.weight)
+            z = vae.encode(x, sample=False)
+        else:
+            mean, _ = cache.get("posterior", img, vae_size, lambda img=img: encode_posterior(vae, img, vae_size))
+            z = vae.config.scale_factor * (mean - vae.config.shift_factor)  # what vae.encode(x, sample=False) returns
         hw = (z.shape[2] // bundle.config.latent_patch_size, z.shape[3] // bundle.config.latent_patch_size)
         feats.append(model.vae2llm(model.patchify_latents(z, [hw])).mean(0))
     return torch.stack(feats)
@@ -59,7 +75,10 @@ def init_concept(
     strategy: InitStrategy = "image",
     seed: int = 0,
     noise_scale: float = 0.1,
+    cache: ImageCache | None = None,
 ) -> None:
+    """Set slot `slot`'s tokens. `cache` (a `SampleBuilder.cache`) reuses image features and VAE
+    posteriors computed once per image; the values are the same with or without it."""
     model, tok = bundle.model, bundle.tokenizer
     embed = model.language_model.model.embed_tokens.weight
     g = torch.Generator().manual_seed(seed)
@@ -79,8 +98,8 @@ def init_concept(
     bank.identifier[slot] = word[None]
     bank.identifier_output[slot] = model.language_model.lm_head.weight[word_ids[0]]
     if strategy == "image" and images:
-        und_base = image_features(bundle, images).mean(0)
-        gen_base = latent_features(bundle, images).mean(0)
+        und_base = image_features(bundle, images, cache=cache).mean(0)
+        gen_base = latent_features(bundle, images, cache=cache).mean(0)
     else:
         und_base = gen_base = word
     bank.und_tokens[slot] = und_base[None] + noise_scale * noise(bank.num_und)

@@ -9,9 +9,17 @@ Sample layouts (each starts with the concept's system prompt, no loss):
     text_qa            question -> answer (CE)
     t2i                prompt -> [noised VAE latent of the target] (flow MSE, lambda_img)
     edit               [clean VAE latent + ViT image of the source] instruction -> [noised target] (flow MSE, lambda_edit)
+
+The VAE is frozen, so an image's posterior (mean, std) never changes: it is computed once per image
+and size (`ImageCache`, filled ahead of a pack's steps by `SampleBuilder.precompute`), and each step
+only draws the posterior sample from the example's generator, z = mean + std * randn(mean.shape, g):
+the draw diffusers' `DiagonalGaussianDistribution.sample(g)` makes, so latents are bit-identical to
+encoding the image again.
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,23 +57,112 @@ class TrainBatch:
     sample_tasks: list[str] = field(default_factory=list)
 
 
+def image_key(image: np.ndarray, size: int) -> tuple:
+    """Cache key of an image at a model input size: its content (digest, shape, dtype) and the size."""
+    a = np.ascontiguousarray(image)
+    return (hashlib.blake2b(memoryview(a).cast("B"), digest_size=16).digest(), a.shape, a.dtype.str, int(size))
+
+
+@torch.no_grad()
+def encode_posterior(vae, image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen VAE's posterior of one image resized to size x size: (mean, std), [1, z, h, w] each."""
+    param = next(vae.parameters())
+    x = to_tensor(image, (size, size))[None].to(device=param.device, dtype=param.dtype)
+    dist = vae.ae.encode(x).latent_dist
+    return dist.mean, dist.std
+
+
+class ImageCache:
+    """Frozen-encoder results per (kind, image content, size): each is computed once and reused.
+
+    Kinds used: "posterior" (the VAE's (mean, std), shared by the training latents and the init
+    latent features) and "vit" (init's ViT + connector features). Entries stay on the model's device.
+    """
+
+    def __init__(self):
+        self._entries: dict[tuple, object] = {}
+        self.misses = 0  # encoder runs (tests and benchmarks read it)
+
+    @staticmethod
+    def key(kind: str, image: np.ndarray, size: int) -> tuple:
+        return (kind, *image_key(image, size))
+
+    def get(self, kind: str, image: np.ndarray, size: int, compute: Callable[[], object]):
+        return self.get_key(self.key(kind, image, size), compute)
+
+    def get_key(self, key: tuple, compute: Callable[[], object]):
+        if key not in self._entries:
+            self.misses += 1
+            self._entries[key] = compute()
+        return self._entries[key]
+
+    def keys(self) -> set[tuple]:
+        return set(self._entries)
+
+    def retain(self, keys: set[tuple]) -> None:
+        """Drop every entry not in `keys` (a long-lived builder keeps one pack's images only)."""
+        self._entries = {k: v for k, v in self._entries.items() if k in keys}
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def latent_images(ex: "ConceptExample") -> list[np.ndarray]:
+    """The images of an example that the VAE encodes (t2i target; edit source and target)."""
+    if ex.task == "t2i":
+        return [ex.target]
+    if ex.task == "edit":
+        return [ex.image, ex.target]
+    return []
+
+
 @dataclass
 class SampleBuilder:
-    """Turns examples into packed batches for one model (sizes, tokenizer, VAE) and one bank."""
+    """Turns examples into packed batches for one model (sizes, tokenizer, VAE) and one bank.
+
+    `cache` holds the VAE posteriors (and init features) of the images seen: call `precompute` with
+    a pack's examples when the pack starts, and its steps never run the VAE encoder.
+    """
 
     bundle: object  # omnipersona.model.checkpoint.LoadedBagel
     bank: ConceptBank
     vit_size: int = 64
     vae_size: int = 64
+    cache: ImageCache = field(default_factory=ImageCache, repr=False)
+
+    def posterior(self, image: np.ndarray, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of `image` at `size` (default: the builder's VAE size), encoded once."""
+        size = self.vae_size if size is None else size
+        return self.cache.get("posterior", image, size, lambda: encode_posterior(self.bundle.vae, image, size))
+
+    def precompute(self, examples: Iterable["ConceptExample"], keep_others: bool = False) -> int:
+        """Encode the posterior of every latent image of `examples` not yet cached; returns how many.
+
+        Unless `keep_others`, entries of images not in `examples` are dropped (the previous pack's),
+        so the cache holds one pack's images.
+        """
+        before, keep = self.cache.misses, set()
+        seen: dict[int, np.ndarray] = {}  # the steps reuse the pool's arrays: hash each array once
+        for ex in examples:
+            for image in latent_images(ex):
+                if id(image) in seen:
+                    continue
+                seen[id(image)] = image  # held, so its id is not reused during the loop
+                key = self.cache.key("posterior", image, self.vae_size)
+                self.cache.get_key(key, lambda: encode_posterior(self.bundle.vae, image, self.vae_size))
+                keep.add(key)
+        if not keep_others:
+            self.cache.retain(keep)
+        return self.cache.misses - before
 
     def _encode_latent(self, image: np.ndarray, g: torch.Generator) -> torch.Tensor:
-        x = to_tensor(image, (self.vae_size, self.vae_size))[None]
+        mean, std = self.posterior(image)
+        eps = torch.randn(mean.shape, generator=g).to(mean)  # DiagonalGaussianDistribution.sample's draw
+        z = mean + std * eps
         vae = self.bundle.vae
-        x = x.to(device=next(vae.parameters()).device, dtype=next(vae.parameters()).dtype)
-        with torch.no_grad():
-            dist = vae.ae.encode(x).latent_dist
-        eps = torch.randn(dist.mean.shape, generator=g).to(dist.mean)
-        z = dist.mean + dist.std * eps
         return (vae.config.scale_factor * (z - vae.config.shift_factor))[0]
 
     def items(self, ex: ConceptExample, g: torch.Generator) -> tuple[list, list[torch.Tensor]]:

@@ -148,10 +148,11 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         active_keys = [s.concept_key for s in specs]
         pools = read_pools(ex_fs, ex_path, active_keys, exclude_epochs=spec.exclude_epochs)
+        start = progress.step if resuming else 0
+        runner.start_pack(pools, start)  # the frozen VAE runs here, once per image, not in the steps
         if not resuming:
             runner.reset_for_pack(specs, pools)
         telemetry = [Telemetry() for _ in specs]
-        start = progress.step if resuming else 0
         if start == 0:
             for tel, value in zip(telemetry, runner.first_batch_losses(pools)):
                 tel.first_batch_before = value

@@ -104,6 +104,16 @@ class PackRunner:
         self.builder = SampleBuilder(bundle, bank, recipe.vit_size, recipe.vae_size)
 
     # ------------------------------------------------------------- bank / optimizer state
+    def start_pack(self, pools: list[ConceptPool], start: int = 0) -> int:
+        """Encode, once, the VAE posterior of every latent image this rank's steps of the pack use
+        (steps `start`.. and step 0, whose batch measures the first-batch losses), so that the steps
+        never run the VAE encoder; drops the previous pack's. Returns the number of images encoded."""
+        r = self.recipe
+        steps = ([0] if start > 0 else []) + list(range(start, r.steps))
+        mine = (ex for step in steps
+                for ex in example_share(step_examples(pools, step, r.batch_size, r.seed), self.rank, self.world))
+        return self.builder.precompute(mine)
+
     @torch.no_grad()
     def reset_for_pack(self, specs: list[ConceptSpec], pools: list[ConceptPool]) -> None:
         """Fresh concept values (seeded per concept) and zeroed AdamW state for a new pack."""
@@ -122,7 +132,8 @@ class PackRunner:
             for slot, (spec, pool) in enumerate(zip(specs, pools)):
                 images = [ex.image for ex in pool.examples if ex.task == "recognition" and ex.answer == "Yes" and ex.image is not None][:4]
                 seed = int.from_bytes(hashlib.sha256(f"{self.recipe.seed}|{spec.concept_key}".encode()).digest()[:6], "little")
-                init_concept(fresh, slot, self.bundle, spec.class_word, images, strategy=self.recipe.init, seed=seed)
+                init_concept(fresh, slot, self.bundle, spec.class_word, images, strategy=self.recipe.init, seed=seed,
+                             cache=self.builder.cache)
         for name, param in self.bank.named_parameters():
             value = getattr(fresh, name).to(device=param.device, dtype=param.dtype)
             with self._whole(param, modify=True):

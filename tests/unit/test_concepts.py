@@ -141,3 +141,102 @@ def test_concept_losses_split_latent_rows_by_task_like_a_per_row_loop(tiny_bagel
         expected_total = expected_total + lam * means.nan_to_num(0.0).sum()
     assert torch.isnan(table["edit"][2]) and not torch.isnan(table["t2i"]).any()
     torch.testing.assert_close(total, expected_total)
+
+
+def _reference_latent(bundle, image, size, g):
+    """`SampleBuilder._encode_latent` before the cache: the VAE encoder on every call."""
+    from omnipersona.model.images import to_tensor
+
+    vae = bundle.vae
+    param = next(vae.parameters())
+    x = to_tensor(image, (size, size))[None].to(device=param.device, dtype=param.dtype)
+    with torch.no_grad():
+        dist = vae.ae.encode(x).latent_dist
+    eps = torch.randn(dist.mean.shape, generator=g).to(dist.mean)
+    z = dist.mean + dist.std * eps
+    return (vae.config.scale_factor * (z - vae.config.shift_factor))[0], dist
+
+
+def _count_encoder_runs(bundle):
+    calls = []
+    handle = bundle.vae.ae.encoder.register_forward_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def test_cached_vae_posterior_gives_bit_identical_latents(tiny_bagel):
+    bank = new_bank(tiny_bagel, 2)
+    img = images(11, 1)[0]
+    builder = SampleBuilder(tiny_bagel, bank, vae_size=32)
+    calls, handle = _count_encoder_runs(tiny_bagel)
+    for seed in (0, 1, 12345):
+        before, dist = _reference_latent(tiny_bagel, img, 32, torch.Generator().manual_seed(seed))
+        after = builder._encode_latent(img, torch.Generator().manual_seed(seed))
+        assert torch.equal(before, after)
+        # ... and both are the sample diffusers' DiagonalGaussianDistribution draws with that generator.
+        z = dist.sample(generator=torch.Generator().manual_seed(seed))
+        vae = tiny_bagel.vae
+        assert torch.equal(after, (vae.config.scale_factor * (z - vae.config.shift_factor))[0])
+    handle.remove()
+    assert len(calls) == 3 + 1  # the references' 3 encodes + the builder's single one
+    assert builder.cache.misses == 1
+
+
+def test_precompute_then_batches_run_no_encoder_and_match_uncached(tiny_bagel):
+    from omnipersona.training import pack_step_examples
+
+    bank = new_bank(tiny_bagel, 3)
+    pools = [pool(f"t/c{i}", i) for i in range(3)]
+    for slot, p in enumerate(pools):
+        for ex in p.examples:
+            ex.slot = slot
+    steps = [list(pack_step_examples(pools, s, s + 1, 5, 0)) for s in range(3)]
+    fresh = SampleBuilder(tiny_bagel, bank)
+    cached = SampleBuilder(tiny_bagel, bank)
+    encoded = cached.precompute(ex for step in steps for ex in step)
+    assert encoded == 3 * 3  # each concept: one t2i target + an edit's source and target
+    calls, handle = _count_encoder_runs(tiny_bagel)
+    batches = [cached.batch(step) for step in steps]
+    handle.remove()
+    assert calls == []  # the steps never ran the VAE encoder
+    for step, got in zip(steps, batches):
+        want = fresh.batch(step)
+        assert torch.equal(want.noise, got.noise)
+        for name, value in want.packed.__dict__.items():
+            other = getattr(got.packed, name)
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other, name
+    # A new pack's precompute drops the previous pack's images.
+    new_pack = [ConceptExample(0, "t2i", "A photo of <sks>.", target=images(99, 1)[0])]
+    assert cached.precompute(new_pack) == 1 and len(cached.cache) == 1
+
+
+def test_init_concept_with_cache_equals_without_and_reuses_posteriors(tiny_bagel):
+    cfg = tiny_bagel.config.llm
+    imgs = images(5, 3)
+    plain = ConceptBank(1, cfg.hidden_size, cfg.vocab_size, 4, 4)
+    init_concept(plain, 0, tiny_bagel, "dog", imgs, seed=3)
+    cached = ConceptBank(1, cfg.hidden_size, cfg.vocab_size, 4, 4)
+    builder = SampleBuilder(tiny_bagel, cached)  # vae_size 64, init's size: same posteriors
+    builder.precompute([ConceptExample(0, "t2i", "A photo of <sks>.", target=img) for img in imgs])
+    calls, handle = _count_encoder_runs(tiny_bagel)
+    init_concept(cached, 0, tiny_bagel, "dog", imgs, seed=3, cache=builder.cache)
+    init_concept(cached, 0, tiny_bagel, "dog", imgs, seed=3, cache=builder.cache)  # ViT features reused too
+    handle.remove()
+    assert calls == [] and builder.cache.misses == 3 + 3  # 3 posteriors (precompute) + 3 ViT features
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, cached.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("rank,start", [(0, 0), (1, 2)])
+def test_pack_runner_start_pack_covers_this_ranks_steps(tiny_bagel, rank, start):
+    from pipelines.train.runner import PackRunner
+
+    recipe = TrainConfig(steps=4, batch_size=3, num_und_tokens=4, num_gen_tokens=4)
+    bank = new_bank(tiny_bagel, 2)
+    pools = [pool(f"t/c{i}", i) for i in range(2)]
+    runner = PackRunner(tiny_bagel, None, bank, recipe, rank=rank, world=2, zero_stage=0)
+    assert runner.start_pack(pools, start) > 0
+    calls, handle = _count_encoder_runs(tiny_bagel)
+    for step in [0, *range(start, recipe.steps)]:
+        runner._step_batch(pools, step)
+    handle.remove()
+    assert calls == []
