@@ -31,8 +31,10 @@ def _lr_lambda(cfg: PretrainConfig):
     return f
 
 
-def trainable_parameters(model: Bagel) -> list[torch.nn.Parameter]:
+def trainable_parameters(model: Bagel, train_vit: bool = True) -> list[torch.nn.Parameter]:
     frozen = {id(model.vit_pos_embed.pos_embed), id(model.latent_pos_embed.pos_embed)}
+    if not train_vit:
+        frozen |= {id(p) for p in model.vit_model.parameters()}
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
@@ -59,7 +61,9 @@ def _prefetched(make, count: int, depth: int = 3):
 def train_base(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig, log=print) -> list[dict]:
     s = cfg.schedule
     model.train()
-    params = trainable_parameters(model)
+    params = trainable_parameters(model, cfg.base_trains_vit)
+    for p in model.parameters():
+        p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     decay = [p for p in params if p.dim() >= 2]

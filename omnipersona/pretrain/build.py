@@ -10,6 +10,7 @@ concurrent callers never see half a checkpoint and only one of them builds.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..model.bagel import Bagel
 from ..model.checkpoint import LoadedBagel, load_bagel, save_bagel
@@ -46,8 +48,42 @@ def is_complete(folder: Path) -> bool:
     return all((folder / f).exists() for f in ("ema.safetensors", "ae.safetensors", "tokenizer.json", RECIPE_FILE))
 
 
-def build_world_base(folder: str | Path, cfg: PretrainConfig | None = None, log=print) -> Path:
-    """Pretrain a world base from scratch into `folder` (deterministic for a config and thread count)."""
+STAGE_VERSION = "1"  # bump when a cached stage's code changes what it trains
+_VAE_SIZE_FIELDS = ("image_size", "vae_ch", "vae_levels", "z_channels")
+
+
+def _stage_digest(cfg: PretrainConfig, fields: tuple[str, ...], size_fields: tuple[str, ...] | None = None) -> str:
+    size = cfg.model.model_dump()
+    if size_fields is not None:
+        size = {k: size[k] for k in size_fields}
+    data = {"stage": STAGE_VERSION, "model": size, **{f: getattr(cfg, f) for f in fields}}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cached_stage(stage_root: Path | None, name: str, module: torch.nn.Module, train) -> list[float]:
+    """Run `train()` (which trains `module` in place and returns losses), or load its cached result.
+
+    A stage's result depends only on its own settings and the model size, so retuning the later
+    stages does not pay for the earlier ones again; the result is identical either way."""
+    if stage_root is None:
+        return train()
+    weights, losses_file = stage_root / f"{name}.safetensors", stage_root / f"{name}.json"
+    if weights.exists() and losses_file.exists():
+        module.load_state_dict(load_file(weights))
+        return json.loads(losses_file.read_text())
+    losses = train()
+    stage_root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, stage_root / f".{name}.partial")
+    (stage_root / f".{name}.partial").rename(weights)
+    losses_file.write_text(json.dumps(losses))
+    return losses
+
+
+def build_world_base(folder: str | Path, cfg: PretrainConfig | None = None, log=print, stage_root: str | Path | None = None) -> Path:
+    """Pretrain a world base from scratch into `folder` (deterministic for a config and thread count).
+
+    `stage_root` caches the autoencoder and vision-encoder stages by their own settings."""
+    stage_root = Path(stage_root) if stage_root is not None else None
     cfg = cfg or PretrainConfig()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,16 +99,22 @@ def build_world_base(folder: str | Path, cfg: PretrainConfig | None = None, log=
         t_tok = time.time()
         torch.manual_seed(cfg.seed)
         vae = FluxVAE(bcfg.vae)
-        vae_losses = train_vae(vae, steps=cfg.vae_steps, batch_size=cfg.vae_batch_size, lr=cfg.vae_lr,
-                               size=cfg.model.image_size, seed=cfg.seed, crop_steps=cfg.vae_crop_steps, log=log)
+        vae_digest = _stage_digest(cfg, ("seed", "vae_crop_steps", "vae_steps", "vae_batch_size", "vae_lr"), _VAE_SIZE_FIELDS)
+        vae_losses = _cached_stage(stage_root, f"vae-{vae_digest}", vae, lambda: train_vae(
+            vae, steps=cfg.vae_steps, batch_size=cfg.vae_batch_size, lr=cfg.vae_lr,
+            size=cfg.model.image_size, seed=cfg.seed, crop_steps=cfg.vae_crop_steps, log=log))
+        vae.eval()
         for p in vae.parameters():
             p.requires_grad_(False)
         t_vae = time.time()
         torch.manual_seed(cfg.seed + 2)
         model = Bagel(bcfg)
-        vit_losses = train_vit(model, steps=cfg.vit_steps, batch_size=cfg.vit_batch_size, lr=cfg.vit_lr,
-                               size=cfg.model.image_size, seed=cfg.seed, log=log)
+        vit_digest = _stage_digest(cfg, ("seed", "vit_steps", "vit_batch_size", "vit_lr"))
+        vit_losses = _cached_stage(stage_root, f"vit-{vit_digest}", model.vit_model, lambda: train_vit(
+            model, steps=cfg.vit_steps, batch_size=cfg.vit_batch_size, lr=cfg.vit_lr,
+            size=cfg.model.image_size, seed=cfg.seed, log=log))
         t_vit = time.time()
+        torch.manual_seed(cfg.seed + 3)  # the same stream whether the stages above ran or were cached
         batcher = PretrainBatcher(model, vae, tokenizer, special, cfg.model.image_size)
         history = train_base(model, batcher, cfg, log=log)
         t_base = time.time()
@@ -111,7 +153,7 @@ def ensure_world_base(cfg: PretrainConfig | None = None, root: str | Path | None
         shutil.rmtree(partial, ignore_errors=True)
         if log:
             log(f"building the world base {folder.name} (config digest {cfg.digest()}) ...")
-        build_world_base(partial, cfg, log=log)
+        build_world_base(partial, cfg, log=log, stage_root=folder.parent / "stages")
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
     return folder

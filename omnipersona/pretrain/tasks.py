@@ -23,7 +23,15 @@ from PIL import Image
 
 from ..infer.replay import FEW_SHOT
 from ..world import StreamMix, make_concept, make_edit, pretraining_sample, render
-from ..world.attributes import BACKGROUND_PHRASE, BACKGROUNDS, object_phrase
+from ..world.attributes import (
+    BACKGROUND_PHRASE,
+    BACKGROUNDS,
+    ObjectSpec,
+    accessory_words,
+    object_phrase,
+    random_spec,
+    with_article,
+)
 from ..world.concepts import WorldConcept, random_objects_unlike
 from ..world.edits import EditTriplet
 from ..world.items import ITEM_CATEGORIES
@@ -84,6 +92,46 @@ def _edit_segments(edit: EditTriplet, instruction: str, context: list[Seg] | Non
             Seg("text", instruction), Seg("target", image=edit.target)]
 
 
+def _variant(spec: ObjectSpec, attribute: str, rng: np.random.Generator) -> ObjectSpec:
+    """`spec` with one visible attribute changed (a look-alike)."""
+    while True:
+        other = random_spec(rng, background=spec.background)
+        if attribute == "accessory":
+            if (other.accessory, other.accessory_colour) != (spec.accessory, spec.accessory_colour) and other.accessory_colour != spec.colour:
+                return spec.replace(accessory=other.accessory, accessory_colour=other.accessory_colour)
+        elif getattr(other, attribute) != getattr(spec, attribute):
+            if attribute != "colour" or other.colour != spec.accessory_colour:
+                return spec.replace(**{attribute: getattr(other, attribute)})
+
+
+def _partial_phrase(spec: ObjectSpec, keys: set[str]) -> str:
+    adjectives = [spec.pattern] if "pattern" in keys and spec.pattern != "plain" else []
+    adjectives += [spec.colour] if "colour" in keys else []
+    phrase = with_article(" ".join([*adjectives, spec.shape]))
+    if "accessory" in keys and spec.accessory != "none":
+        phrase += " wearing " + with_article(accessory_words(spec.accessory, spec.accessory_colour))
+    return phrase
+
+
+def _attribute_check(seed: int, index: int, size: int) -> list[Seg]:
+    """'Is there a striped teal star in the image?' -> Yes / No, with one-attribute look-alikes:
+    the direct form of what named recognition does through a name."""
+    rng = _rng(seed, index, 3)
+    spec = random_spec(rng, background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
+    keys = {"shape"} | {k for k in ("colour", "pattern", "accessory") if rng.random() < 0.6}
+    roll = rng.random()
+    if roll < 0.5:
+        shown, answer = spec, "Yes"
+    elif roll < 0.8:
+        shown, answer = _variant(spec, str(rng.choice(sorted(keys))), rng), "No"
+    else:
+        shown, answer = random_spec(rng, background=spec.background), "No"
+        if all(getattr(shown, k) == getattr(spec, k) for k in keys if k != "accessory"):
+            answer = "Yes" if "accessory" not in keys or shown.accessory == spec.accessory else "No"
+    image = render(shown, size, _seed_from(rng))
+    return [Seg("vit", image=image), Seg("text", f"Is there {_partial_phrase(spec, keys)} in the image?"), Seg("text", answer, loss=True)]
+
+
 # ----------------------------------------------------------------------------- named tasks
 def _concept(seed: int, index: int) -> WorldConcept:
     # Pretraining concepts come from their own seed range: never the benchmark's concepts.
@@ -111,7 +159,7 @@ def _named_recognition(concept, rng, size) -> list[Seg]:
     if roll < 0.5:
         image, _ = _view(concept, rng, size)
         answer = "Yes"
-    elif roll < 0.8:
+    elif roll < 0.75:
         # A look-alike that differs in exactly one visible attribute.
         spec, _ = concept.hard_negative_specs(8)[int(rng.integers(8))]
         spec = spec.replace(background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
@@ -198,7 +246,7 @@ _NAMED = {
     "named_edit": _named_edit,
     "intent": _intent,
 }
-TASKS = ("caption", "t2i", "vqa", "edit", *_NAMED)
+TASKS = ("caption", "t2i", "vqa", "attribute_check", "edit", *_NAMED)
 
 
 def _condition_dropout(segs: list[Seg], rng: np.random.Generator, p: float) -> list[Seg]:
@@ -235,6 +283,8 @@ def pretrain_sample(
     task = TASKS[int(rng.choice(len(TASKS), p=weights / weights.sum()))]
     if task in _NAMED:
         segs = _NAMED[task](_concept(seed, index), _rng(seed, index, 1), size)
+    elif task == "attribute_check":
+        segs = _attribute_check(seed, index, size)
     else:
         segs = _generic(task, seed, index, size)
     return task, _repeat_targets(_condition_dropout(segs, _rng(seed, index, 2), cfg_dropout), target_repeats)
