@@ -34,17 +34,20 @@ def demo_config(root: Path, model: str = "tiny") -> dict:
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", "experiment": "omnipersona-demo"},
         # The tiny random model cannot recognise anything: the gate is set so the demo shows promotion.
         "gate": {"minimums": {"recognition_accuracy": 0.0}},
-        "evaluation": {"max_examples": 8, "sampling_steps": 8},
+        # Held-out sets (other views, look-alikes, reworded questions): the OmniPBench-style harness scores them.
+        "evaluation": {"max_examples": 8, "sampling_steps": 8, "eval_sets_uri": str(root / "eval")},
         "ray": {"num_cpus": 4},
     }
 
 
 def write_demo_uploads(root: Path, seed: int = 7) -> None:
     from omnipersona.world import make_concepts
-    from omnipersona.world.uploads import UploadOptions, write_uploads
+    from omnipersona.world.uploads import EvalOptions, UploadOptions, write_eval_sets, write_uploads
 
     concepts = make_concepts(5, seed=seed)
-    write_uploads({"acme": concepts[:3], "globex": concepts[3:]}, root / "uploads", options=UploadOptions(views=6, edits=2, pool_negatives=16))
+    by_tenant = {"acme": concepts[:3], "globex": concepts[3:]}
+    write_uploads(by_tenant, root / "uploads", options=UploadOptions(views=6, edits=2, pool_negatives=16))
+    write_eval_sets(by_tenant, root / "eval", options=EvalOptions(views=2, hard_negatives=2, random_negatives=2))
     shutil.move(str(root / "uploads" / "_negatives"), str(root / "negatives"))
     # A broken upload: concept.json is not JSON. The job quarantines it and goes on.
     broken = root / "uploads" / "globex" / "broken-upload"
@@ -61,7 +64,7 @@ def run_demo(root: str | Path = "omnipersona-demo", fresh: bool = True, model: s
 
     root = Path(root).resolve()
     if fresh and root.exists():
-        for sub in ("uploads", "negatives", "store", "mlflow", "outputs"):
+        for sub in ("uploads", "negatives", "eval", "store", "mlflow", "outputs"):
             shutil.rmtree(root / sub, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     (root / "mlflow").mkdir(exist_ok=True)

@@ -60,6 +60,14 @@ class EvaluationSettings(BaseModel):
     max_examples: int = Field(16, ge=1, description="Held-out examples per concept for the gate metrics")
     sample_images: bool = Field(True, description="Log a sample generation and edit per concept to MLflow")
     sampling_steps: int = Field(12, ge=2)
+    eval_sets_uri: str | None = Field(
+        None,
+        description="Held-out evaluation sets (`<uri>/<tenant>/<concept>/manifest.json`, as omnipersona.world.uploads."
+        "write_eval_sets writes them). A concept that has one is also scored by the OmniPBench-style harness "
+        "(pipelines.evaluate): recognition over held-out views and hard negatives, text QA and VQA in held-out wording, "
+        "and with `world_probe` generation, PARG and editing; the gate can bound any of these metrics.",
+    )
+    world_probe: bool = Field(False, description="Judge generations with the world-trained probe (built once, then cached)")
 
 
 class RaySettings(BaseModel):

@@ -12,6 +12,8 @@ import os
 import time
 from datetime import datetime, timezone
 
+import pyarrow.fs as pafs
+
 from omnipersona.concepts.artifact import ConceptArtifact, artifact_subpath, config_hash
 from pipelines.config import JobConfig
 from pipelines.ingest.dataset import build_ingest
@@ -159,6 +161,7 @@ def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs
                                          sampling=FlowSampling(num_steps=cfg.evaluation.sampling_steps))
         pool = read_pools(ex_fs, ex_path, [s.concept_key], only_epochs=held_out or None)[0]
         metrics = heldout_metrics(persona, artifact.manifest.display_name, pool.examples, cfg.evaluation.max_examples)
+        metrics.update(_benchmark_metrics(cfg, persona, s, image_size=cfg.ingest.vit_size))
         if cfg.evaluation.sample_images:
             pictures = sample_pictures(persona, artifact.manifest.display_name, pool.examples)
     data_uri = f"{cfg.ingest.uploads_uri.rstrip('/')}/{s.concept_key}"
@@ -169,6 +172,27 @@ def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs
                               reason="this data and config are already registered")
     return ConceptOutcome(concept_key=s.concept_key, outcome="done", model_name=res.model_name, version=str(res.version),
                           promoted=res.promoted, metrics=metrics, reason=reason)
+
+
+def _benchmark_metrics(cfg: JobConfig, persona, s: ConceptSpec, image_size: int) -> dict[str, float]:
+    """The OmniPBench-style harness on the concept's held-out set, when the job was given one.
+
+    Its metrics (same names as `heldout_metrics`' where they overlap) replace the ingest-epoch ones:
+    they come from material the concept's training never saw in any form."""
+    if not cfg.evaluation.eval_sets_uri:
+        return {}
+    from pipelines.evaluate.harness import EvalOptions, eval_set_from_manifest, evaluate_concept
+
+    fs, root = filesystem_for(f"{cfg.evaluation.eval_sets_uri.rstrip('/')}/{s.concept_key}", cfg.storage)
+    if fs.get_file_info(f"{root}/manifest.json").type != pafs.FileType.File:
+        return {}
+    probe = None
+    if cfg.evaluation.world_probe:
+        from pipelines.evaluate.probe import ProbeConfig, ensure_probe
+
+        probe = ensure_probe(ProbeConfig(image_size=image_size), log=log.info)
+    eval_set = eval_set_from_manifest(root, fs, EvalOptions(image_size=image_size))
+    return evaluate_concept(persona, eval_set, probe)
 
 
 def _write_summary(cfg: JobConfig, registry: ConceptRegistry, run_id: str, summary: JobSummary) -> None:

@@ -265,3 +265,57 @@ def test_clip_style_extractor_feeds_the_cosine(tmp_path):
     feats = extract([red, red, blue])
     assert feats.shape == (3, 16)
     assert mean_pairwise_cosine(feats[:1], feats[1:2]) == pytest.approx(1.0, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- the world base recipe
+def test_world_base_recipe_builds_a_loadable_cached_bagel(tmp_path):
+    """A few steps of every stage: release layout, strict load, cache hit, same bytes when rebuilt."""
+    from omnipersona.model.checkpoint import load_bagel
+    from omnipersona.pretrain import PretrainConfig, Schedule, ensure_world_base
+    from omnipersona.pretrain.build import build_world_base
+
+    cfg = PretrainConfig(vae_crop_steps=2, vae_steps=1, vit_steps=2, schedule=Schedule(steps=2, batch_size=4, warmup_steps=1))
+    folder = ensure_world_base(cfg, tmp_path / "cache", log=None)
+    assert folder.name == f"world-base-{cfg.digest()}"
+    for name in ("llm_config.json", "vit_config.json", "ema.safetensors", "ae.safetensors", "tokenizer.json"):
+        assert (folder / name).exists(), name
+    bundle = load_bagel(str(folder))
+    assert bundle.config.vit.image_size == 32 and bundle.config.latent_downsample == 8
+    assert ensure_world_base(cfg, tmp_path / "cache", log=None) == folder  # cached: no rebuild
+    again = build_world_base(tmp_path / "again", cfg, log=None)  # no stage cache: every stage retrained
+    assert (again / "ema.safetensors").read_bytes() == (folder / "ema.safetensors").read_bytes()
+    assert (again / "ae.safetensors").read_bytes() == (folder / "ae.safetensors").read_bytes()
+
+
+# ----------------------------------------------------------------------------- the job's evaluate step
+def test_job_scores_concepts_on_their_held_out_sets_and_gates_on_the_metrics(tiny_bagel, concept, tmp_path):
+    """`evaluation.eval_sets_uri`: a concept with a held-out set gets the harness' metrics (the gate's
+    inputs); one without gets none of them."""
+    from jobs.demo import demo_config
+    from omnipersona.concepts.bank import ConceptBank
+    from omnipersona.concepts.init import init_concept
+    from omnipersona.infer.engine import Persona
+    from omnipersona.model.sampling import FlowSampling
+    from omnipersona.world.uploads import EvalOptions as WriteOptions
+    from omnipersona.world.uploads import write_eval_sets
+    from pipelines.config import JobConfig
+    from pipelines.personalize import _benchmark_metrics
+    from pipelines.register import GateConfig
+    from pipelines.train.runner import ConceptSpec
+
+    write_eval_sets({"acme": [concept]}, tmp_path / "eval", options=WriteOptions(size=64, views=1, hard_negatives=1, random_negatives=1))
+    cfg = JobConfig(**demo_config(tmp_path))
+    assert cfg.evaluation.eval_sets_uri == str(tmp_path / "eval")
+    llm = tiny_bagel.config.llm
+    bank = ConceptBank(1, llm.hidden_size, llm.vocab_size, 2, 2)
+    init_concept(bank, 0, tiny_bagel, concept.class_word, strategy="class_word")
+    persona = Persona(tiny_bagel, bank, [concept.name], image_size=64, sampling=FlowSampling(num_steps=2))
+
+    m = _benchmark_metrics(cfg, persona, ConceptSpec(f"acme/{concept.name}", concept.name, concept.class_word, "d"), 64)
+    for key in ("recognition_accuracy", "recognition_hard_negative", "text_qa_accuracy", "vqa_accuracy"):
+        assert key in m and 0.0 <= m[key] <= 1.0, (key, m.get(key))
+    assert "generation_probe" not in m and "clip_i" not in m  # image judges are opt-in (evaluation.world_probe)
+    assert _benchmark_metrics(cfg, persona, ConceptSpec("acme/nobody", "nobody", "dog", "d"), 64) == {}
+
+    decision = GateConfig(minimums={"recognition_hard_negative": 1.01}).evaluate(m)
+    assert not decision.passed and "recognition_hard_negative" in " ".join(decision.reasons)
