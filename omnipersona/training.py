@@ -125,9 +125,10 @@ def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainCo
     # The VAE is frozen: encode each latent image the steps will use once, here, not at every step.
     builder.precompute(pack_step_examples(pools, 0, cfg.steps, cfg.batch_size, cfg.seed))
     opt, sched = make_optimizer(bank, cfg)
+    device = next(bank.parameters()).device
     history = []
     for step in range(cfg.steps):
-        batch = builder.batch(step_examples(pools, step, cfg.batch_size, cfg.seed))
+        batch = builder.batch(step_examples(pools, step, cfg.batch_size, cfg.seed)).to(device)
         loss, table = compute_loss(bundle, bank, batch, cfg.loss_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()

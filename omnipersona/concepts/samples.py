@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -55,6 +55,20 @@ class TrainBatch:
     noise: torch.Tensor | None  # flow noise rows, aligned with the packed latent tokens
     sample_slots: torch.Tensor  # concept slot of each sample
     sample_tasks: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        """This batch with every tensor on `device` (a new batch; dtypes unchanged, the model casts).
+
+        `SampleBuilder` builds batches on the CPU (token ids, pixels, noise; latents on the VAE's
+        device): the trainer moves each to its model's device before the forward.
+        """
+        device = torch.device(device)
+
+        def move(value):
+            return value.to(device) if torch.is_tensor(value) else value
+
+        packed = replace(self.packed, **{k: move(v) for k, v in vars(self.packed).items() if torch.is_tensor(v)})
+        return TrainBatch(packed, move(self.noise), move(self.sample_slots), list(self.sample_tasks))
 
 
 def image_key(image: np.ndarray, size: int) -> tuple:

@@ -90,12 +90,16 @@ def train_loop_per_worker(config: dict) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
     import deepspeed
     import ray.train
+    import ray.train.torch
 
     spec: WorkerSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    use_gpu = torch.cuda.is_available()
-    device = torch.device(f"cuda:{ctx.get_local_rank()}") if use_gpu else torch.device("cpu")
+    # The GPU Ray assigned to this worker (the CPU when it has none); everything goes there.
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    use_gpu = device.type == "cuda"
+    if use_gpu:
+        torch.cuda.set_device(device)
     dtype = torch.bfloat16 if (use_gpu and spec.deepspeed.bf16) else torch.float32
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
     torch.manual_seed(spec.recipe.seed)
@@ -110,6 +114,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.AdamW(bank.parameters(), lr=spec.recipe.lr, betas=spec.recipe.betas, weight_decay=spec.recipe.weight_decay)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=list(bank.parameters()), config=ds_cfg)
     runner = PackRunner(bundle, engine, bank, spec.recipe, rank, world, spec.deepspeed.zero_stage)
+    bundle.vae = bundle.vae.to(runner.device)  # a no-op unless DeepSpeed put the module elsewhere
 
     progress, active = Progress(), None
     resumed = ray.train.get_checkpoint()

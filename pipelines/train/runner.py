@@ -97,10 +97,19 @@ def example_share(examples, rank: int, world: int):
     return mine
 
 
+def engine_device(engine, bank: ConceptBank) -> torch.device:
+    """Where the engine runs its module (DeepSpeed's `engine.device`); else where the bank lives."""
+    device = getattr(engine, "device", None)
+    return torch.device(device) if device is not None else next(bank.parameters()).device
+
+
 class PackRunner:
-    def __init__(self, bundle, engine, bank: ConceptBank, recipe: TrainConfig, rank: int, world: int, zero_stage: int):
+    def __init__(self, bundle, engine, bank: ConceptBank, recipe: TrainConfig, rank: int, world: int, zero_stage: int,
+                 device: torch.device | str | None = None):
         self.bundle, self.engine, self.bank, self.recipe = bundle, engine, bank, recipe
         self.rank, self.world, self.zero_stage = rank, world, zero_stage
+        # Batches are built on the CPU; every step moves them to the engine's device (the worker's GPU).
+        self.device = torch.device(device) if device is not None else engine_device(engine, bank)
         self.builder = SampleBuilder(bundle, bank, recipe.vit_size, recipe.vae_size)
 
     # ------------------------------------------------------------- bank / optimizer state
@@ -175,7 +184,7 @@ class PackRunner:
     # ------------------------------------------------------------- training
     def _step_batch(self, pools: list[ConceptPool], step: int):
         examples = example_share(step_examples(pools, step, self.recipe.batch_size, self.recipe.seed), self.rank, self.world)
-        return examples, self.builder.batch(examples)
+        return examples, self.builder.batch(examples).to(self.device)
 
     @torch.no_grad()
     def first_batch_losses(self, pools: list[ConceptPool]) -> list[float]:

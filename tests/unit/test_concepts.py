@@ -240,3 +240,24 @@ def test_pack_runner_start_pack_covers_this_ranks_steps(tiny_bagel, rank, start)
         runner._step_batch(pools, step)
     handle.remove()
     assert calls == []
+
+
+def test_step_batches_go_to_the_engines_device(tiny_bagel):
+    """A GPU worker's batches must be on its device: checked with `meta` (no GPU needed)."""
+    from types import SimpleNamespace
+
+    from pipelines.train.runner import PackRunner
+
+    recipe = TrainConfig(steps=1, batch_size=5, num_und_tokens=4, num_gen_tokens=4)
+    bank = new_bank(tiny_bagel, 2)
+    pools = [pool(f"t/c{i}", i) for i in range(2)]
+    assert PackRunner(tiny_bagel, None, bank, recipe, 0, 1, 0).device == torch.device("cpu")  # no engine: the bank's
+    runner = PackRunner(tiny_bagel, SimpleNamespace(device=torch.device("meta")), bank, recipe, 0, 1, 0)
+    assert runner.device == torch.device("meta")
+    _, batch = runner._step_batch(pools, 0)
+    cpu = runner.builder.batch(_)
+    tensors = {k: v for k, v in vars(batch.packed).items() if torch.is_tensor(v)}
+    assert "padded_latent" in tensors and "packed_vit_tokens" in tensors and "mse_sample_ids" in tensors
+    assert all(v.device.type == "meta" for v in [*tensors.values(), batch.noise, batch.sample_slots])
+    assert all(getattr(cpu.packed, k).dtype == v.dtype and getattr(cpu.packed, k).shape == v.shape for k, v in tensors.items())
+    assert cpu.packed.padded_latent.device.type == "cpu"  # `to` returns a new batch
