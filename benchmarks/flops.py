@@ -8,7 +8,9 @@ mix of the training recipe: recognition and VQA with a ViT image, text QA, text-
 noised VAE latent, editing with a clean source latent + ViT image and a noised target), the
 backbone frozen, the concept bank the only trainable parameter. Counted with
 torch.utils.flop_counter (attention included, see `common.flop_counter`):
-  - batch building: what `SampleBuilder.batch` runs (the frozen VAE encoder on t2i / edit images),
+  - VAE precompute: `SampleBuilder.precompute`, the frozen VAE encoder on the t2i / edit images,
+    run once per image when a pack starts (its posterior is then reused by every step),
+  - batch building: what `SampleBuilder.batch` runs at every step (posterior sample, packing),
   - forward: `compute_loss` without grad,
   - training step: `compute_loss` + backward + AdamW step.
 Achieved FLOP/s = step FLOPs / best-of-N step time; MFU = achieved / the best FLOP/s of a large
@@ -125,6 +127,8 @@ def measure(name: str, args, cache: Path) -> dict:
     weights = TrainConfig().loss_weights
     opt, _ = make_optimizer(bank, TrainConfig(lr=1e-3))
 
+    with flop_counter() as precompute_count:
+        builder.precompute(examples)
     with flop_counter() as build_count:
         batch = builder.batch(examples)
 
@@ -149,7 +153,8 @@ def measure(name: str, args, cache: Path) -> dict:
         "config": name + (" (1 layer counted, x28 / x26)" if full else ""),
         "hidden": bundle.config.llm.hidden_size, "layers": 28 if full else bundle.config.llm.num_hidden_layers,
         "samples": n, "tokens": batch.packed.sequence_length, "forward_flops_per_sample": fwd / n,
-        "step_flops_per_sample": stp / n, "build_flops_per_sample": bld / n, "step_over_forward": stp / fwd,
+        "step_flops_per_sample": stp / n, "build_flops_per_sample": bld / n,
+        "precompute_flops_per_sample": precompute_count.get_total_flops() / n, "step_over_forward": stp / fwd,
         "attention_share_of_forward": attention / fwd, "vit_share_of_forward": frozen_input / fwd,
         "step_s": None, "build_s": None, "achieved_flops": None,
     }
@@ -196,13 +201,15 @@ def main(argv=None) -> dict:
         rows.append([r["config"], f"{r['hidden']}x{r['layers']}", r["samples"], r["tokens"],
                      f"{r['forward_flops_per_sample'] / 1e9:.3f}", f"{r['step_flops_per_sample'] / 1e9:.3f}",
                      f"{r['step_over_forward']:.2f}x", f"{r['attention_share_of_forward']:.1%}",
-                     f"{r['vit_share_of_forward']:.1%}", f"{r['build_flops_per_sample'] / 1e9:.3f}",
+                     f"{r['vit_share_of_forward']:.1%}", f"{r['precompute_flops_per_sample'] / 1e9:.3f}",
+                     f"{r['build_flops_per_sample'] / 1e9:.3f}",
                      f"{r['step_s'] * 1e3:.0f}" if timed else "-", f"{r['build_s'] * 1e3:.0f}" if timed else "-",
                      f"{r['achieved_flops'] / 1e9:.2f}" if timed else "-", f"{peak / 1e9:.1f}",
                      f"{r['mfu']:.1%}" if timed else "-"])
     print()
     print(markdown_table(["config", "hidden x layers", "samples", "tokens", "fwd GFLOP / sample", "step GFLOP / sample",
-                          "step / fwd", "attention share of fwd", "ViT share of fwd", "batch-build GFLOP / sample",
+                          "step / fwd", "attention share of fwd", "ViT share of fwd",
+                          "VAE precompute GFLOP / sample (once a pack)", "batch-build GFLOP / sample (every step)",
                           "step (ms)", "build (ms)", "achieved GFLOP/s", "matmul peak GFLOP/s", "MFU"], rows))
     print()
     payload = {"machine": machine(), "args": vars(args), "matmul_peak_flops": peak, "rows": results}

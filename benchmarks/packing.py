@@ -1,7 +1,6 @@
 """Packing benchmark: concepts per hour of three ways to train many concepts, in ONE run.
 
     python -m benchmarks.packing                      # 128 concepts, 4 steps x batch 8, tiny BAGEL
-    python -m benchmarks.packing --fixes              # the same with the patches of benchmarks/fixes.py
 
 Modes (same concepts, same data, same steps, same batch per concept, same thread count):
   (a) one process per concept, as the peers run it (a bash loop over names): a fresh Python
@@ -12,6 +11,9 @@ Modes (same concepts, same data, same steps, same batch per concept, same thread
       initialise, train, save.
   (c) packed: the model is loaded once; packs of P concepts train together in one bank (the
       product's `omnipersona.training.train_pack`), P = 8, 32, 128.
+Every mode trains a pack (of 1 in (a) and (b)) as the train stage does: one `SampleBuilder` per
+pack whose cache encodes each image's VAE posterior once (shared by the concept init and the
+steps), then `train_pack`. All of that is timed.
 Each mode writes real concept artifacts; the table also shows the largest difference of the
 trained tokens against (b) — packing is exact, so it should be ~1e-6, not a speed/quality trade.
 """
@@ -40,12 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- data and one pack
-def write_pools(n: int, folder: Path, image_size: int, seed: int, ingest_bundle=None) -> list[Path]:
-    """n generated concepts' training examples, one pickle per concept (what each mode reads).
-
-    With `ingest_bundle` (the `--fixes` run) the ingest-side features of benchmarks/fixes.py are
-    computed here and stored with the examples, as ingest would store them.
-    """
+def write_pools(n: int, folder: Path, image_size: int, seed: int) -> list[Path]:
+    """n generated concepts' training examples, one pickle per concept (what each mode reads)."""
     from omnipersona.pretrain.world_concepts import concept_examples
     from omnipersona.world import make_concepts
 
@@ -55,10 +53,6 @@ def write_pools(n: int, folder: Path, image_size: int, seed: int, ingest_bundle=
         path = folder / f"{c.name}.pkl"
         examples = concept_examples(c, 0, size=image_size, views=6, negatives=3, edits=2)
         record = {"key": f"world/{c.name}", "class_word": c.class_word, "examples": examples}
-        if ingest_bundle is not None:
-            from benchmarks.fixes import precompute
-
-            record["ingest_cache"] = precompute(ingest_bundle, examples, image_size)
         path.write_bytes(pickle.dumps(record))
         files.append(path)
     return files
@@ -71,28 +65,46 @@ def train_config(args):
                        vit_size=args.image_size, vae_size=args.image_size)
 
 
-def train_and_save(bundle, pool_files: list[Path], cfg, out_dir: Path) -> None:
-    """Train the concepts of `pool_files` as ONE pack and write one artifact per concept."""
+PHASES = ("vae", "init", "steps", "io")  # CPU seconds of train_and_save, per phase
+
+
+def train_and_save(bundle, pool_files: list[Path], cfg, out_dir: Path) -> dict:
+    """Train the concepts of `pool_files` as ONE pack and write one artifact per concept.
+
+    Returns this process's CPU seconds per phase: `vae` (the VAE posteriors of the pack's latent
+    images, encoded once), `init` (the concepts' initial tokens), `steps` (train_pack's optimizer
+    steps), `io` (reading the pools, writing the artifacts); and `encoded`, the images encoded.
+    """
     from omnipersona.concepts.artifact import ConceptArtifact, ConceptManifest, config_hash
     from omnipersona.concepts.bank import ConceptBank
     from omnipersona.concepts.init import init_concept
-    from omnipersona.training import ConceptPool, train_pack
+    from omnipersona.concepts.samples import SampleBuilder
+    from omnipersona.training import ConceptPool, pack_step_examples, train_pack
 
+    clock, cpu = time.process_time, dict.fromkeys(PHASES, 0.0)
+    t = clock()
     records = [pickle.loads(p.read_bytes()) for p in pool_files]
-    for r in records:
-        if "ingest_cache" in r:
-            from benchmarks.fixes import use_cache
-
-            use_cache(r["ingest_cache"])
     pools = [ConceptPool(r["key"], r["examples"]) for r in records]
     llm = bundle.config.llm
     bank = ConceptBank(len(pools), llm.hidden_size, llm.vocab_size, cfg.num_und_tokens, cfg.num_gen_tokens, cfg.mode)
+    cpu["io"] += clock() - t
+    # As the train stage does: the pack's latent images are encoded once (the VAE posterior cache),
+    # and the concept init reuses those posteriors; then the steps never run the VAE encoder.
+    t = clock()
+    builder = SampleBuilder(bundle, bank, cfg.vit_size, cfg.vae_size)
+    encoded = builder.precompute(pack_step_examples(pools, 0, cfg.steps, cfg.batch_size, cfg.seed))
+    cpu["vae"] += clock() - t
+    t = clock()
     with torch.no_grad():
         for slot, (r, pool) in enumerate(zip(records, pools)):
             images = [ex.image for ex in pool.examples if ex.task == "recognition" and ex.answer == "Yes"][:4]
             seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}|{r['key']}".encode()).digest()[:6], "little")
-            init_concept(bank, slot, bundle, r["class_word"], images, strategy=cfg.init, seed=seed)
-    train_pack(bundle, bank, pools, cfg)
+            init_concept(bank, slot, bundle, r["class_word"], images, strategy=cfg.init, seed=seed, cache=builder.cache)
+    cpu["init"] += clock() - t
+    t = clock()
+    train_pack(bundle, bank, pools, cfg, builder=builder)
+    cpu["steps"] += clock() - t
+    t = clock()
     recipe = config_hash(cfg)
     for slot, r in enumerate(records):
         tenant, concept = r["key"].split("/")
@@ -100,6 +112,8 @@ def train_and_save(bundle, pool_files: list[Path], cfg, out_dir: Path) -> None:
                                    training_config_hash=recipe, data_digest="bench", base_model_id=bundle.config.model_id,
                                    base_fingerprint=bundle.fingerprint)
         ConceptArtifact(**bank.concept_tensors(slot), manifest=manifest).save(out_dir / concept)
+    cpu["io"] += clock() - t
+    return {**cpu, "encoded": encoded}
 
 
 # ----------------------------------------------------------------------------- the modes
@@ -107,7 +121,7 @@ def fresh_process(pool_file: Path, out_dir: Path, args) -> dict:
     """Mode (a) for one concept: a new interpreter does everything; returns its timings."""
     cmd = [sys.executable, "-m", "benchmarks.packing", "--worker", str(pool_file), "--out", str(out_dir),
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-           "--threads", str(args.threads), "--model", str(args.model)] + (["--fixes"] if args.fixes else [])
+           "--threads", str(args.threads), "--model", str(args.model)]
     before = _children_cpu()
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
@@ -127,32 +141,35 @@ def _children_cpu() -> float:
 def worker_main(args) -> None:
     """Body of one fresh process (mode a): load the model, train one concept, save it."""
     set_threads(args.threads)
-    if args.fixes:
-        from benchmarks.fixes import apply_fixes
-
-        apply_fixes()
     from omnipersona.model.checkpoint import load_bagel
 
     t0 = time.process_time()
     bundle = load_bagel(str(args.model))
     t1 = time.process_time()
-    train_and_save(bundle, [Path(args.worker)], train_config(args), Path(args.out))
+    phases = train_and_save(bundle, [Path(args.worker)], train_config(args), Path(args.out))
     t2 = time.process_time()
-    print(json.dumps({"load": t1 - t0, "train_and_save": t2 - t1}), flush=True)
+    print(json.dumps({"load": t1 - t0, "train_and_save": t2 - t1, "phases": phases}), flush=True)
 
 
-def in_process(pool_files: list[Path], pack_size: int, out_dir: Path, args) -> tuple[float, float]:
+def in_process(pool_files: list[Path], pack_size: int, out_dir: Path, args) -> tuple[float, float, dict]:
     """Modes (b) (pack_size 1) and (c): the model loaded once, packs trained one after the other.
 
-    Returns (wall seconds, CPU seconds of this process)."""
+    Returns (wall seconds, CPU seconds of this process, summed phases of `train_and_save`)."""
     from omnipersona.model.checkpoint import load_bagel
 
     cfg = train_config(args)
     t0, c0 = time.perf_counter(), time.process_time()
     bundle = load_bagel(str(args.model))
+    phases: dict = {}
     for i in range(0, len(pool_files), pack_size):
-        train_and_save(bundle, pool_files[i : i + pack_size], cfg, out_dir)
-    return time.perf_counter() - t0, time.process_time() - c0
+        for k, v in train_and_save(bundle, pool_files[i : i + pack_size], cfg, out_dir).items():
+            phases[k] = phases.get(k, 0) + v
+    return time.perf_counter() - t0, time.process_time() - c0, phases
+
+
+def phase_note(phases: dict, n: int) -> str:
+    parts = ", ".join(f"{k} {phases[k] / n:.3f}" for k in PHASES)
+    return f"CPU s / concept: {parts}; {phases['encoded'] / n:.1f} images VAE-encoded / concept"
 
 
 def max_token_diff(dir_a: Path, dir_b: Path, names: list[str]) -> float:
@@ -177,7 +194,6 @@ def parse_args(argv=None):
     p.add_argument("--fresh-processes", type=int, default=8, help="concepts measured in mode (a), then extrapolated")
     p.add_argument("--threads", type=int, default=1, help="torch threads in every mode")
     p.add_argument("--model", default=None, help="tiny BAGEL folder (default: built once into a cache)")
-    p.add_argument("--fixes", action="store_true", help="apply benchmarks/fixes.py (split attention; VAE posteriors and init features from ingest)")
     p.add_argument("--seed", type=int, default=5, help="seed of the generated concepts")
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (pools, artifacts)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -191,24 +207,13 @@ def main(argv=None) -> dict:
         worker_main(args)
         return {}
     set_threads(args.threads)
-    fixes = []
-    if args.fixes:
-        from benchmarks.fixes import apply_fixes
-
-        fixes = apply_fixes()
     args.model = tiny_model_dir(args.model)
     packs = [int(p) for p in args.packs.split(",") if p]
     work = Path(tempfile.mkdtemp(prefix="bench-packing-"))
-    ingest_bundle = None
-    if args.fixes:
-        from omnipersona.model.checkpoint import load_bagel
-
-        ingest_bundle = load_bagel(str(args.model))
-    files = write_pools(args.concepts, work / "pools", args.image_size, args.seed, ingest_bundle)
-    del ingest_bundle
+    files = write_pools(args.concepts, work / "pools", args.image_size, args.seed)
     names = [f.stem for f in files]
     print(f"[packing] {args.concepts} concepts, {args.steps} steps x batch {args.batch_size}, image {args.image_size}, "
-          f"{args.threads} thread(s), fixes={fixes or 'none'}; work folder {work}", flush=True)
+          f"{args.threads} thread(s); work folder {work}", flush=True)
 
     runs = []  # (label, concepts timed, wall s, CPU s, note)
     subset = files[: args.fresh_processes]
@@ -217,17 +222,20 @@ def main(argv=None) -> dict:
         per.append(fresh_process(f, work / "a", args))
         print(f"[packing] (a) process {i + 1}/{len(subset)}: {per[-1]['wall']:.2f}s wall, {per[-1]['cpu']:.2f}s CPU", flush=True)
     breakdown = {k: sum(r[k] for r in per) / len(per) for k in ("startup_and_imports", "load", "train_and_save")}
+    a_phases = {k: sum(r["phases"][k] for r in per) for k in (*PHASES, "encoded")}
     runs.append(("(a) process per concept", len(subset), sum(r["wall"] for r in per), sum(r["cpu"] for r in per),
                  f"timed on {len(subset)} processes, rate extrapolated to all; CPU s per process: start+imports "
                  f"{breakdown['startup_and_imports']:.2f}, load {breakdown['load']:.2f}, train+save {breakdown['train_and_save']:.2f}"))
 
-    wall, cpu = in_process(files, 1, work / "b", args)
+    wall, cpu, phases = in_process(files, 1, work / "b", args)
     print(f"[packing] (b) sequential: {wall:.1f}s wall, {cpu:.1f}s CPU", flush=True)
-    runs.append(("(b) in-process sequential", len(files), wall, cpu, "model loaded once"))
+    runs.append(("(b) in-process sequential", len(files), wall, cpu, f"model loaded once; {phase_note(phases, len(files))}"))
+    all_phases = {"(a) process per concept": a_phases, "(b) in-process sequential": phases}
     for P in packs:
-        wall, cpu = in_process(files, P, work / f"c{P}", args)
+        wall, cpu, phases = in_process(files, P, work / f"c{P}", args)
         print(f"[packing] (c) P={P}: {wall:.1f}s wall, {cpu:.1f}s CPU", flush=True)
-        runs.append((f"(c) packed P={P}", len(files), wall, cpu, f"{-(-len(files) // P)} pack(s)"))
+        runs.append((f"(c) packed P={P}", len(files), wall, cpu, f"{-(-len(files) // P)} pack(s); {phase_note(phases, len(files))}"))
+        all_phases[f"(c) packed P={P}"] = phases
 
     # Rates come from CPU time: the machine is shared, and with one thread CPU time is what a
     # dedicated core would take (wall time is shown too).
@@ -244,13 +252,13 @@ def main(argv=None) -> dict:
                      f"{per_b / per_concept:.2f}x", f"{diff:.1e}", note])
         result_rows.append({"mode": label, "concepts_timed": n, "wall_s": wall, "cpu_s": cpu, "cpu_s_per_concept": per_concept,
                             "concepts_per_hour": cph, "vs_a": per_a / per_concept, "vs_b": per_b / per_concept,
-                            "max_token_diff_vs_b": diff, "note": note})
+                            "max_token_diff_vs_b": diff, "note": note, "phases_cpu_s": all_phases.get(label)})
     print()
     print(markdown_table(["mode", "concepts timed", "wall (s)", "CPU (s)", "CPU s / concept", "concepts / hour", "vs (a)",
                           "vs (b)", "max abs(tokens - (b))", "note"], rows))
     print()
     payload = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items() if k not in ("worker", "out", "keep_work")},
-               "fixes": fixes, "rows": result_rows, "fresh_process_cpu_breakdown_s": breakdown}
+               "rows": result_rows, "fresh_process_cpu_breakdown_s": breakdown}
     print_result("packing", payload)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
