@@ -64,13 +64,13 @@ class EvaluationGate(BaseModel):
         return {"minimums": dict(self.minimums), "maximums": dict(self.maximums)}
 
 
-# Bounds for concepts trained on the world base with the default recipe (docs/evaluation.md):
-# well below what OmniPersona reaches there, well above what untrained tokens get.
+# Bounds for concepts trained on the world base with the default recipe (docs/evaluation.md, test
+# split): 3 of 6 OmniPersona concepts pass, 0 of 6 with untrained tokens. Recognition is left out:
+# that base answers Yes / No at chance whatever the tokens.
 WORLD_BASE_GATE = EvaluationGate(
     minimums={
-        "recognition_accuracy": 0.65,
-        "text_qa_accuracy": 0.4,
-        "vqa_accuracy": 0.4,
+        "text_qa_accuracy": 0.45,
+        "vqa_accuracy": 0.7,
     },
 )
 
