@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     recipe = json.loads((folder / "pretrain_recipe.json").read_text())
     print(f"world base: {folder} ({folder_size(folder) / 2**20:.1f} MiB), digest {cfg.digest()}")
     print(f"  built in {recipe['seconds']['total']:.0f}s: {json.dumps({k: round(v) for k, v in recipe['seconds'].items()})}")
-    print(f"  final losses: {json.dumps({k: round(v, 4) for k, v in recipe['final'].items()})}")
+    print(f"  final losses: {json.dumps({k: round(v, 4) for k, v in recipe['final'].items() if v is not None})}")
     checks = base_checks(folder)
     print("  base checks on fresh samples (answer score / Yes-No accuracy): "
           + ", ".join(f"{k} {v:.2f}" for k, v in checks.items()))

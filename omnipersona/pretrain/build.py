@@ -25,6 +25,7 @@ from ..model.checkpoint import LoadedBagel, load_bagel, save_bagel
 from ..model.tokenizer import build_tiny_tokenizer, load_tokenizer
 from ..model.vae import FluxVAE
 from .base_stage import train_base
+from .curriculum_stage import train_curriculum
 from .batches import PretrainBatcher
 from .config import PretrainConfig, bagel_config
 from .tasks import corpus
@@ -116,19 +117,24 @@ def build_world_base(folder: str | Path, cfg: PretrainConfig | None = None, log=
         t_vit = time.time()
         torch.manual_seed(cfg.seed + 3)  # the same stream whether the stages above ran or were cached
         batcher = PretrainBatcher(model, vae, tokenizer, special, cfg.model.image_size)
-        history = train_base(model, batcher, cfg, log=log)
+        history = _cached_stage(stage_root, f"base-{cfg.base_stage_digest()}", model, lambda: train_base(model, batcher, cfg, log=log))
         t_base = time.time()
+        torch.manual_seed(cfg.seed + 4)
+        curriculum = train_curriculum(model, batcher, cfg, log=log) if cfg.curriculum.steps else []
+        t_curriculum = time.time()
         save_bagel(folder, model, vae, tokenizer)
         tail = history[-100:]
         recipe = {
             "config": cfg.model_dump(mode="json"),
             "digest": cfg.digest(),
-            "seconds": {"tokenizer": t_tok - t0, "vae": t_vae - t_tok, "vit": t_vit - t_vae, "base": t_base - t_vit, "total": time.time() - t0},
+            "seconds": {"tokenizer": t_tok - t0, "vae": t_vae - t_tok, "vit": t_vit - t_vae, "base": t_base - t_vit,
+                        "curriculum": t_curriculum - t_base, "total": time.time() - t0},
             "final": {
                 "vae_loss": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
                 "vit_loss": sum(vit_losses[-50:]) / max(1, len(vit_losses[-50:])),
                 "ce": sum(r["ce"] for r in tail) / max(1, len(tail)),
                 "mse": sum(r["mse"] for r in tail) / max(1, len(tail)),
+                "curriculum_ce": sum(r["ce"] for r in curriculum[-100:]) / len(curriculum[-100:]) if curriculum else None,
             },
             "torch": torch.__version__,
         }

@@ -26,13 +26,16 @@ from ..world import StreamMix, make_concept, make_edit, pretraining_sample, rend
 from ..world.attributes import (
     BACKGROUND_PHRASE,
     BACKGROUNDS,
+    BODY_COLOURS,
+    PATTERNS,
+    SHAPES,
     ObjectSpec,
     accessory_words,
     object_phrase,
     random_spec,
     with_article,
 )
-from ..world.concepts import WorldConcept, random_objects_unlike
+from ..world.concepts import NAMES, WorldConcept, random_objects_unlike
 from ..world.edits import EditTriplet
 from ..world.items import ITEM_CATEGORIES
 from ..world.stream import CaptionSample, VQASample
@@ -130,6 +133,44 @@ def _attribute_check(seed: int, index: int, size: int) -> list[Seg]:
             answer = "Yes" if "accessory" not in keys or shown.accessory == spec.accessory else "No"
     image = render(shown, size, _seed_from(rng))
     return [Seg("vit", image=image), Seg("text", f"Is there {_partial_phrase(spec, keys)} in the image?"), Seg("text", answer, loss=True)]
+
+
+# ----------------------------------------------------------------------------- Yes / No curriculum
+_CHECK_VALUES = {"colour": BODY_COLOURS, "shape": SHAPES, "pattern": PATTERNS}
+_CHECK_VQA = {"colour": "What colour is the object?", "shape": "What shape is the object?",
+              "pattern": "What pattern does the object have?"}
+
+
+def _stated(kind: str, value: str) -> str:
+    return with_article(value) if kind == "shape" else value
+
+
+def check_sample(seed: int, index: int, size: int, kinds: tuple[str, ...], plain: bool) -> list[Seg]:
+    """'Is the object teal?' -> Yes / No (half of the time the matching VQA, 'What colour ...?' -> teal)."""
+    rng = _rng(seed, index, 5)
+    spec = random_spec(rng, background="white" if plain else BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
+    kind = kinds[int(rng.integers(len(kinds)))]
+    truth = getattr(spec, kind)
+    asked = truth if rng.random() < 0.5 else str(rng.choice([v for v in _CHECK_VALUES[kind] if v != truth]))
+    image = render(spec, size, _seed_from(rng))
+    if rng.random() < 0.5:
+        return [Seg("vit", image=image), Seg("text", _CHECK_VQA[kind]), Seg("text", truth, loss=True)]
+    return [Seg("vit", image=image), Seg("text", f"Is the object {_stated(kind, asked)}?"),
+            Seg("text", "Yes" if asked == truth else "No", loss=True)]
+
+
+def named_check_sample(seed: int, index: int, size: int) -> list[Seg]:
+    """'maeve is teal.' + picture + 'Is maeve in this image?' -> Yes iff the picture shows that value:
+    recognition through a name with a one-fact description."""
+    rng = _rng(seed, index, 6)
+    spec = random_spec(rng, background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
+    name = str(rng.choice(NAMES))
+    kind = ("colour", "shape", "pattern")[int(rng.integers(3))]
+    truth = getattr(spec, kind)
+    said = truth if rng.random() < 0.5 else str(rng.choice([v for v in _CHECK_VALUES[kind] if v != truth]))
+    image = render(spec, size, _seed_from(rng))
+    return [Seg("text", f"{name} is {_stated(kind, said)}."), Seg("vit", image=image),
+            Seg("text", f"Is {name} in this image?"), Seg("text", "Yes" if said == truth else "No", loss=True)]
 
 
 # ----------------------------------------------------------------------------- named tasks

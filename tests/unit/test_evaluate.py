@@ -272,9 +272,11 @@ def test_world_base_recipe_builds_a_loadable_cached_bagel(tmp_path):
     """A few steps of every stage: release layout, strict load, cache hit, same bytes when rebuilt."""
     from omnipersona.model.checkpoint import load_bagel
     from omnipersona.pretrain import PretrainConfig, Schedule, ensure_world_base
+    from omnipersona.pretrain.config import Curriculum
     from omnipersona.pretrain.build import build_world_base
 
-    cfg = PretrainConfig(vae_crop_steps=2, vae_steps=1, vit_steps=2, schedule=Schedule(steps=2, batch_size=4, warmup_steps=1))
+    cfg = PretrainConfig(vae_crop_steps=2, vae_steps=1, vit_steps=2, schedule=Schedule(steps=2, batch_size=4, warmup_steps=1),
+                         curriculum=Curriculum(plain_colour_steps=1, single_attribute_steps=1, named_steps=1, batch_size=4, named_batch=(1, 1, 1, 1)))
     folder = ensure_world_base(cfg, tmp_path / "cache", log=None)
     assert folder.name == f"world-base-{cfg.digest()}"
     for name in ("llm_config.json", "vit_config.json", "ema.safetensors", "ae.safetensors", "tokenizer.json"):

@@ -1,0 +1,84 @@
+"""Stage 4: teach the base to verify (Yes / No), which the task mix of stage 3 leaves at chance.
+
+A base that names what it sees ("What colour is the object?" -> teal) still answered "Is the
+object teal?" and "Is maeve in this image?" the same for every picture: checking a stated value
+against a picture is a plateau the mixed objective does not leave in the CPU budget. Three phases
+cross it (measured in docs/evaluation.md): one attribute on plain backgrounds, every single
+attribute anywhere, then recognition through a name with a one-fact description, mixed with the
+base's own named tasks and the whole task mix so the rest is not forgotten.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from ..model.bagel import Bagel
+from .base_stage import _prefetched, trainable_parameters
+from .batches import PretrainBatcher
+from .config import PretrainConfig, TaskMix
+from .tasks import check_sample, named_check_sample, pretrain_sample
+
+_ALL = ("colour", "shape", "pattern")
+_NAMED_TASKS = TaskMix(**{k: float(k in ("attribute_check", "named_recognition")) for k in TaskMix.model_fields})
+
+
+def per_sample_text_loss(ce: torch.Tensor, sample_ids: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Mean over samples of each sample's mean token loss: a one-token Yes / No weighs as much as a caption."""
+    counts = torch.bincount(sample_ids, minlength=num_samples)
+    sums = torch.zeros(num_samples, dtype=ce.dtype, device=ce.device).index_add_(0, sample_ids, ce)
+    has = counts > 0
+    return (sums[has] / counts[has]).mean()
+
+
+def curriculum_samples(cfg: PretrainConfig, step: int) -> list:
+    c, size, seed = cfg.curriculum, cfg.model.image_size, cfg.seed + 11
+    first = step * c.batch_size
+    if step < c.plain_colour_steps:
+        return [check_sample(seed, first + i, size, ("colour",), plain=True) for i in range(c.batch_size)]
+    if step < c.plain_colour_steps + c.single_attribute_steps:
+        return [check_sample(seed, first + i, size, _ALL, plain=False) for i in range(c.batch_size)]
+    n_check, n_named, n_tasks, n_mix = c.named_batch
+    out = [check_sample(seed, first + i, size, _ALL, plain=False) for i in range(n_check)]
+    out += [named_check_sample(seed, first + i, size) for i in range(n_named)]
+    out += [pretrain_sample(seed, first + i, _NAMED_TASKS, size)[1] for i in range(n_tasks)]
+    out += [pretrain_sample(seed + 1, first + i, cfg.mix, size, cfg.cfg_dropout, cfg.target_repeats)[1] for i in range(n_mix)]
+    return out
+
+
+def train_curriculum(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig, log=print) -> list[dict]:
+    c = cfg.curriculum
+    if sum(c.named_batch) != c.batch_size:
+        raise ValueError(f"curriculum.named_batch {c.named_batch} must add up to batch_size {c.batch_size}")
+    params = trainable_parameters(model, cfg.base_trains_vit)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed + 12)
+    history: list[dict] = []
+    recent: dict[str, list[float]] = defaultdict(list)
+    start = time.time()
+    model.train()
+    batches = _prefetched(lambda step: batcher.batch(curriculum_samples(cfg, step), g), c.steps)
+    for step, batch in enumerate(batches):
+        out = model(**batch.model_inputs())
+        ce = per_sample_text_loss(out["ce"].float(), batch.ce_sample_ids, c.batch_size)
+        mse = out["mse"].mean() if out["mse"] is not None else torch.zeros(())
+        loss = ce + cfg.mse_weight * mse
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        record = {"step": step, "ce": float(ce.detach()), "mse": float(mse.detach())}
+        history.append(record)
+        recent["ce"].append(record["ce"])
+        if log and (step % 100 == 0 or step == c.steps - 1):
+            log(f"curriculum step {step}/{c.steps} ce {np.mean(recent['ce'][-100:]):.3f} ({time.time() - start:.0f}s)")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return history
