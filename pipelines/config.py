@@ -63,7 +63,7 @@ class EvaluationSettings(BaseModel):
     eval_sets_uri: str | None = Field(
         None,
         description="Held-out evaluation sets (`<uri>/<tenant>/<concept>/manifest.json`, as omnipersona.world.uploads."
-        "write_eval_sets writes them). A concept that has one is also scored by the OmniPBench-style harness "
+        "write_eval_sets writes them). A concept that has one is scored by the OmniPBench-style harness, instead of on the held-out ingest epoch "
         "(pipelines.evaluate): recognition over held-out views and hard negatives, text QA and VQA in held-out wording, "
         "and with `world_probe` generation, PARG and editing; the gate can bound any of these metrics.",
     )

@@ -132,9 +132,10 @@ def run_job(cfg: JobConfig) -> JobSummary:
 
     # 4 + 5. evaluate and register, one concept at a time; one failure never stops the others
     log.info("[4/5] evaluate and [5/5] register %d concepts", len(to_register))
+    probe = _world_probe(cfg) if to_register else None
     for i, s in enumerate(sorted(to_register, key=lambda c: c.concept_key), 1):
         try:
-            outcome = _evaluate_and_register(cfg, registry, run_id, bundle, s, art_fs, art_root, ex_fs, ex_path, held_out)
+            outcome = _evaluate_and_register(cfg, registry, run_id, bundle, s, art_fs, art_root, ex_fs, ex_path, held_out, probe)
         except Exception as exc:  # noqa: BLE001 - reported per concept, the batch goes on
             log.exception("concept %s failed", s.concept_key)
             outcome = ConceptOutcome(concept_key=s.concept_key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
@@ -148,7 +149,7 @@ def run_job(cfg: JobConfig) -> JobSummary:
     return summary
 
 
-def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs, art_root, ex_fs, ex_path, held_out):
+def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs, art_root, ex_fs, ex_path, held_out, probe):
     from omnipersona.infer.engine import Persona
     from omnipersona.model.sampling import FlowSampling
     from pipelines.evaluate.heldout import heldout_metrics, sample_pictures
@@ -159,9 +160,12 @@ def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs
         artifact = ConceptArtifact.load(path, filesystem=art_fs, expected_fingerprint=bundle.fingerprint)
         persona = Persona.from_artifacts(bundle, [artifact], image_size=cfg.ingest.vit_size,
                                          sampling=FlowSampling(num_steps=cfg.evaluation.sampling_steps))
-        pool = read_pools(ex_fs, ex_path, [s.concept_key], only_epochs=held_out or None)[0]
-        metrics = heldout_metrics(persona, artifact.manifest.display_name, pool.examples, cfg.evaluation.max_examples)
-        metrics.update(_benchmark_metrics(cfg, persona, s, image_size=cfg.ingest.vit_size))
+        # The concept's held-out set when the job has one; else the ingest epoch held out of training.
+        metrics = _benchmark_metrics(cfg, persona, s, cfg.ingest.vit_size, probe)
+        if not metrics or cfg.evaluation.sample_images:
+            pool = read_pools(ex_fs, ex_path, [s.concept_key], only_epochs=held_out or None)[0]
+        if not metrics:
+            metrics = heldout_metrics(persona, artifact.manifest.display_name, pool.examples, cfg.evaluation.max_examples)
         if cfg.evaluation.sample_images:
             pictures = sample_pictures(persona, artifact.manifest.display_name, pool.examples)
     data_uri = f"{cfg.ingest.uploads_uri.rstrip('/')}/{s.concept_key}"
@@ -174,11 +178,20 @@ def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs
                           promoted=res.promoted, metrics=metrics, reason=reason)
 
 
-def _benchmark_metrics(cfg: JobConfig, persona, s: ConceptSpec, image_size: int) -> dict[str, float]:
-    """The OmniPBench-style harness on the concept's held-out set, when the job was given one.
+def _world_probe(cfg: JobConfig):
+    """The world-trained judge of generations, loaded once per job when the config asks for it."""
+    if not (cfg.evaluation.eval_sets_uri and cfg.evaluation.world_probe):
+        return None
+    from pipelines.evaluate.probe import ProbeConfig, ensure_probe
 
-    Its metrics (same names as `heldout_metrics`' where they overlap) replace the ingest-epoch ones:
-    they come from material the concept's training never saw in any form."""
+    return ensure_probe(ProbeConfig(image_size=cfg.ingest.vit_size), log=log.info)
+
+
+def _benchmark_metrics(cfg: JobConfig, persona, s: ConceptSpec, image_size: int, probe=None) -> dict[str, float]:
+    """The OmniPBench-style harness on the concept's held-out set ({} when the job has none for it).
+
+    Its metrics (same names as `heldout_metrics`' where they overlap) take the place of the
+    ingest-epoch ones: they come from material the concept's training never saw in any form."""
     if not cfg.evaluation.eval_sets_uri:
         return {}
     from pipelines.evaluate.harness import EvalOptions, eval_set_from_manifest, evaluate_concept
@@ -186,11 +199,6 @@ def _benchmark_metrics(cfg: JobConfig, persona, s: ConceptSpec, image_size: int)
     fs, root = filesystem_for(f"{cfg.evaluation.eval_sets_uri.rstrip('/')}/{s.concept_key}", cfg.storage)
     if fs.get_file_info(f"{root}/manifest.json").type != pafs.FileType.File:
         return {}
-    probe = None
-    if cfg.evaluation.world_probe:
-        from pipelines.evaluate.probe import ProbeConfig, ensure_probe
-
-        probe = ensure_probe(ProbeConfig(image_size=image_size), log=log.info)
     eval_set = eval_set_from_manifest(root, fs, EvalOptions(image_size=image_size))
     return evaluate_concept(persona, eval_set, probe)
 

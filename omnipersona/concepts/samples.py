@@ -71,12 +71,6 @@ class TrainBatch:
         return TrainBatch(packed, move(self.noise), move(self.sample_slots), list(self.sample_tasks))
 
 
-def image_key(image: np.ndarray, size: int) -> tuple:
-    """Cache key of an image at a model input size: its content (digest, shape, dtype) and the size."""
-    a = np.ascontiguousarray(image)
-    return (hashlib.blake2b(memoryview(a).cast("B"), digest_size=16).digest(), a.shape, a.dtype.str, int(size))
-
-
 @torch.no_grad()
 def encode_posterior(vae, image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen VAE's posterior of one image resized to size x size: (mean, std), [1, z, h, w] each."""
@@ -99,7 +93,9 @@ class ImageCache:
 
     @staticmethod
     def key(kind: str, image: np.ndarray, size: int) -> tuple:
-        return (kind, *image_key(image, size))
+        """The image's content (digest, shape, dtype) at a model input size, for one kind of result."""
+        a = np.ascontiguousarray(image)
+        return (kind, hashlib.blake2b(memoryview(a).cast("B"), digest_size=16).digest(), a.shape, a.dtype.str, int(size))
 
     def get(self, kind: str, image: np.ndarray, size: int, compute: Callable[[], object]):
         return self.get_key(self.key(kind, image, size), compute)
@@ -110,15 +106,9 @@ class ImageCache:
             self._entries[key] = compute()
         return self._entries[key]
 
-    def keys(self) -> set[tuple]:
-        return set(self._entries)
-
     def retain(self, keys: set[tuple]) -> None:
         """Drop every entry not in `keys` (a long-lived builder keeps one pack's images only)."""
         self._entries = {k: v for k, v in self._entries.items() if k in keys}
-
-    def clear(self) -> None:
-        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -152,11 +142,11 @@ class SampleBuilder:
         size = self.vae_size if size is None else size
         return self.cache.get("posterior", image, size, lambda: encode_posterior(self.bundle.vae, image, size))
 
-    def precompute(self, examples: Iterable["ConceptExample"], keep_others: bool = False) -> int:
+    def precompute(self, examples: Iterable["ConceptExample"]) -> int:
         """Encode the posterior of every latent image of `examples` not yet cached; returns how many.
 
-        Unless `keep_others`, entries of images not in `examples` are dropped (the previous pack's),
-        so the cache holds one pack's images.
+        Entries of images not in `examples` are dropped (the previous pack's), so the cache holds
+        one pack's images.
         """
         before, keep = self.cache.misses, set()
         seen: dict[int, np.ndarray] = {}  # the steps reuse the pool's arrays: hash each array once
@@ -168,8 +158,7 @@ class SampleBuilder:
                 key = self.cache.key("posterior", image, self.vae_size)
                 self.cache.get_key(key, lambda: encode_posterior(self.bundle.vae, image, self.vae_size))
                 keep.add(key)
-        if not keep_others:
-            self.cache.retain(keep)
+        self.cache.retain(keep)
         return self.cache.misses - before
 
     def _encode_latent(self, image: np.ndarray, g: torch.Generator) -> torch.Tensor:

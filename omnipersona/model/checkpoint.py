@@ -51,22 +51,9 @@ class LoadedBagel:
 
     def pack(self, samples, **kwargs):
         """`packing.pack` with this model's sizes and marker tokens filled in."""
-        from .packing import pack
+        from .packing import pack_for
 
-        cfg, sp = self.config, self.special
-        return pack(
-            samples,
-            bos=sp.bos,
-            eos=sp.eos,
-            start_of_image=sp.start_of_image,
-            end_of_image=sp.end_of_image,
-            vocab_size=cfg.llm.vocab_size,
-            vit_patch=cfg.vit.patch_size,
-            vit_max_per_side=cfg.vit_max_num_patch_per_side,
-            latent_patch=cfg.latent_patch_size,
-            max_latent_size=cfg.max_latent_size,
-            **kwargs,
-        )
+        return pack_for(self.config, self.special, samples, **kwargs)
 
 
 def fingerprint_state_dict(state: dict[str, torch.Tensor]) -> str:

@@ -208,3 +208,20 @@ def pack(
         batch.virtual_rows = _t(virt_rows)
         batch.extra_gen_indexes = _t(gen_idx)
     return batch
+
+
+def pack_for(config, special, samples: list[list[Text | VitImage | VaeLatent]], **kwargs) -> PackedBatch:
+    """`pack` with a model's sizes (a `BagelConfig`) and marker tokens (`SpecialTokens`) filled in."""
+    return pack(
+        samples,
+        bos=special.bos,
+        eos=special.eos,
+        start_of_image=special.start_of_image,
+        end_of_image=special.end_of_image,
+        vocab_size=config.llm.vocab_size,
+        vit_patch=config.vit.patch_size,
+        vit_max_per_side=config.vit_max_num_patch_per_side,
+        latent_patch=config.latent_patch_size,
+        max_latent_size=config.max_latent_size,
+        **kwargs,
+    )

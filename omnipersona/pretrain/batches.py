@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..model.images import to_tensor
-from ..model.packing import PackedBatch, Text, VaeLatent, VitImage, pack
+from ..model.packing import PackedBatch, Text, VaeLatent, VitImage, pack_for
 from .tasks import Seg
 
 
@@ -52,17 +52,4 @@ class PretrainBatcher:
                 else:
                     raise ValueError(f"unknown segment kind {s.kind!r}")
             packed_samples.append(items)
-        cfg, sp = self.model.config, self.special
-        return pack(
-            packed_samples,
-            bos=sp.bos,
-            eos=sp.eos,
-            start_of_image=sp.start_of_image,
-            end_of_image=sp.end_of_image,
-            vocab_size=cfg.llm.vocab_size,
-            vit_patch=cfg.vit.patch_size,
-            vit_max_per_side=cfg.vit_max_num_patch_per_side,
-            latent_patch=cfg.latent_patch_size,
-            max_latent_size=cfg.max_latent_size,
-            generator=generator,
-        )
+        return pack_for(self.model.config, self.special, packed_samples, generator=generator)

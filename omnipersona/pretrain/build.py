@@ -83,7 +83,7 @@ def _cached_stage(stage_root: Path | None, name: str, module: torch.nn.Module, t
 def build_world_base(folder: str | Path, cfg: PretrainConfig | None = None, log=print, stage_root: str | Path | None = None) -> Path:
     """Pretrain a world base from scratch into `folder` (deterministic for a config and thread count).
 
-    `stage_root` caches the autoencoder and vision-encoder stages by their own settings."""
+    `stage_root` caches the autoencoder, vision-encoder and stage-3 results by their own settings."""
     stage_root = Path(stage_root) if stage_root is not None else None
     cfg = cfg or PretrainConfig()
     folder = Path(folder)

@@ -104,12 +104,11 @@ def engine_device(engine, bank: ConceptBank) -> torch.device:
 
 
 class PackRunner:
-    def __init__(self, bundle, engine, bank: ConceptBank, recipe: TrainConfig, rank: int, world: int, zero_stage: int,
-                 device: torch.device | str | None = None):
+    def __init__(self, bundle, engine, bank: ConceptBank, recipe: TrainConfig, rank: int, world: int, zero_stage: int):
         self.bundle, self.engine, self.bank, self.recipe = bundle, engine, bank, recipe
         self.rank, self.world, self.zero_stage = rank, world, zero_stage
         # Batches are built on the CPU; every step moves them to the engine's device (the worker's GPU).
-        self.device = torch.device(device) if device is not None else engine_device(engine, bank)
+        self.device = engine_device(engine, bank)
         self.builder = SampleBuilder(bundle, bank, recipe.vit_size, recipe.vae_size)
 
     # ------------------------------------------------------------- bank / optimizer state
