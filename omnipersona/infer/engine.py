@@ -7,6 +7,17 @@
 
 Each loaded concept gets a slot in one inference bank; its system prompt ("<maeve> is <und...>
 <gen...>.") is prefilled first, with generation tokens routed to the generation expert.
+
+Classifier-free guidance: with `guide_concept` (the default) the text-free branch of generation and
+editing leaves out the concept's system prompt too, so guidance pushes towards the concept as well
+as the request; without it, the concept's tokens sit in both branches and only the request is
+guided. Measured on the world base (docs/evaluation.md), guiding the concept is what lets trained
+generation tokens show in the picture.
+
+Knowledge replay: by default (`replay_appearance=False`) a request whose parsed question is only
+"What does <maeve> look like?" is used as it is — the generation tokens carry the look, and on the
+world base appending a recalled description made the base redraw the concept from text (edits kept
+less of it); requests about knowledge ("... with its toy") are always rewritten.
 """
 from __future__ import annotations
 
@@ -49,13 +60,15 @@ class Generated:
 
 
 class Persona:
-    def __init__(self, bundle, bank: ConceptBank, names: list[str], image_size: int = 64, sampling: FlowSampling | None = None):
+    def __init__(self, bundle, bank: ConceptBank, names: list[str], image_size: int = 64, sampling: FlowSampling | None = None,
+                 guide_concept: bool = True, replay_appearance: bool = False):
         if bundle.tokenizer is None:
             raise ValueError("the base model folder has no tokenizer files: inference needs them")
         self.bundle, self.bank, self.names = bundle, bank, list(names)
         self.slots = {name: i for i, name in enumerate(self.names)}
         self.image_size = image_size
         self.sampling = sampling or FlowSampling()
+        self.guide_concept, self.replay_appearance = guide_concept, replay_appearance
         tok = bundle.tokenizer
         self._yes = tok.encode("Yes", add_special_tokens=False)[0]
         self._no = tok.encode("No", add_special_tokens=False)[0]
@@ -141,11 +154,11 @@ class Persona:
     @torch.no_grad()
     def generate(self, concept: str, prompt: str, replay: bool = True, size: int | None = None) -> Generated:
         """Text-to-image of a concept; with replay the request is first made explicit from memory."""
-        trace = KnowledgeReplay(self).run(concept, prompt) if replay else None
+        trace = KnowledgeReplay(self, appearance=self.replay_appearance).run(concept, prompt) if replay else None
         final = trace.rewritten if trace else prompt
         model, special = self.bundle.model, self.bundle.special
         slots = self._concept_slots(final, [concept])
-        ctx, text_free = self._context(slots), self._context(slots)
+        ctx, text_free = self._context(slots), self._context([] if self.guide_concept else slots)
         self._append(ctx, final)
         size = size or self.image_size
         latent = sample_latent(model, ctx, latent_grid(model, size, size), special, self.sampling, cfg_text_ctx=text_free)
@@ -154,7 +167,7 @@ class Persona:
     @torch.no_grad()
     def edit(self, concept: str, image, instruction: str, replay: bool = True) -> Generated:
         """Edit `image` following `instruction`; the source enters as clean VAE and ViT tokens."""
-        trace = KnowledgeReplay(self).run(concept, instruction) if replay else None
+        trace = KnowledgeReplay(self, appearance=self.replay_appearance).run(concept, instruction) if replay else None
         final = trace.rewritten if trace else instruction
         model, special, vae = self.bundle.model, self.bundle.special, self.bundle.vae
         slots = self._concept_slots(final, [concept])
@@ -163,7 +176,12 @@ class Persona:
         full = self._context(slots)
         append_vae_latent(model, full, z, special)
         append_vit_image(model, full, pixels, special)
-        text_free = full.fork()
+        if self.guide_concept:
+            text_free = self._context([])
+            append_vae_latent(model, text_free, z, special)
+            append_vit_image(model, text_free, pixels, special)
+        else:
+            text_free = full.fork()
         image_free = self._context(slots)
         self._append(full, final)
         self._append(image_free, final)

@@ -8,6 +8,7 @@ from omnipersona.concepts.bank import ConceptBank
 from omnipersona.concepts.init import init_concept
 from omnipersona.concepts.samples import ConceptExample, SampleBuilder
 from omnipersona.infer.engine import Persona
+from omnipersona.infer.replay import KnowledgeReplay
 from omnipersona.training import ConceptPool, TrainConfig, compute_loss, train_pack
 
 
@@ -76,6 +77,57 @@ def test_generate_and_edit_with_and_without_replay(tiny_bagel, trained):
     assert replayed.prompt_used == trace.rewritten and trace.rewritten.startswith("Generate a toy for <maeve>")
     edited = persona.edit("maeve", views(2, 1, (250, 20, 20))[0], "remove <maeve>.", replay=False)
     assert edited.image.size == (64, 64) and edited.prompt_used == "remove <maeve>."
+
+
+def test_intent_parsing_names_the_concept_as_a_plain_word_and_binds_it_back():
+    replay = KnowledgeReplay(persona=None)
+    prompt = replay.intent_prompt("maeve", "Draw <maeve> with its toy.")
+    assert "<" not in prompt and prompt.endswith("Request: Draw maeve with its toy.\nQuestion:")
+    assert prompt.count("maeve") == 13  # six shots (request and question) + the request
+    assert replay.bind_name("maeve", "What is maeve's toy?") == "What is <maeve>'s toy?"
+    # already bound, or only part of another word: unchanged
+    assert replay.bind_name("maeve", "Is <maeve> near maeves?") == "Is <maeve> near maeves?"
+
+
+def test_guiding_the_concept_changes_only_the_text_free_branch(tiny_bagel, trained):
+    """guide_concept drops the concept's prompt from the text-free CFG branch: no effect without
+    guidance, a different picture with it."""
+    from omnipersona.model.sampling import FlowSampling
+
+    art = artifact_for(tiny_bagel, trained, 0, "maeve")
+
+    def pixels(guide: bool, scale: float):
+        persona = Persona.from_artifacts(tiny_bagel, [art], sampling=FlowSampling(num_steps=3, cfg_text_scale=scale), guide_concept=guide)
+        return np.asarray(persona.generate("maeve", "a photo of <maeve>", replay=False).image, dtype=np.int16)
+
+    assert np.array_equal(pixels(True, 1.0), pixels(False, 1.0))
+    assert np.abs(pixels(True, 4.0) - pixels(False, 4.0)).max() > 0
+
+
+class ScriptedPersona:
+    """Answers replay's two questions from a script (the replay logic under test, not a model)."""
+
+    def __init__(self, parsed: str, answers: dict[str, str]):
+        self.parsed, self.answers, self.asked = parsed, answers, []
+
+    def understand(self, text, concepts=None, max_new_tokens=32):
+        from omnipersona.infer.engine import Answer
+
+        self.asked.append(text)
+        return Answer(self.parsed if "Request:" in text else self.answers.get(text, ""))
+
+
+def test_replay_rewrites_knowledge_requests_and_leaves_appearance_ones_by_default():
+    toy = ScriptedPersona("What is maeve's toy?\nRequest: ...", {"What is <maeve>'s toy?": "a red rocket"})
+    trace = KnowledgeReplay(toy).run("maeve", "a photo of <maeve> with its toy")
+    assert trace.question == "What is <maeve>'s toy?" and trace.answer == "a red rocket"
+    assert trace.rewritten == "a photo of <maeve> with its toy. a red rocket"
+
+    look = "What does <maeve> look like?"
+    garbled = ScriptedPersona("What is ike's toy?", {look: "a striped teal star"})  # the name not copied
+    assert KnowledgeReplay(garbled, appearance=True).run("maeve", "remove <maeve>").rewritten == "remove <maeve>. a striped teal star"
+    plain = KnowledgeReplay(garbled, appearance=False).run("maeve", "remove <maeve>")
+    assert plain.question == look and plain.rewritten == "remove <maeve>" and len(garbled.asked) == 3  # no memory query
 
 
 def test_training_lowers_held_out_recognition_loss(tiny_bagel):
