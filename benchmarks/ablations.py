@@ -68,7 +68,8 @@ def personalise(bundle, concepts, cfg: TrainConfig, tasks, image_size: int, trai
 
 def evaluate_row(bundle, bank, concepts, eval_sets, probe, args, replay: bool) -> dict[str, dict[str, float]]:
     persona = Persona(bundle, bank, [c.name for c in concepts], image_size=args.image_size,
-                      sampling=FlowSampling(num_steps=args.sampling_steps, seed=args.seed))
+                      sampling=FlowSampling(num_steps=args.sampling_steps, seed=args.seed), guide_concept=args.guide_concept,
+                      replay_appearance=args.replay_appearance)
     return {c.name: evaluate_concept(persona, es, probe, replay=replay) for c, es in zip(concepts, eval_sets)}
 
 
@@ -91,6 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lambda-img", type=float, default=1.0)
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replay-appearance", action=argparse.BooleanOptionalAction, default=False,
+                    help="knowledge replay also rewrites requests whose question is the concept's appearance")
+    ap.add_argument("--guide-concept", action=argparse.BooleanOptionalAction, default=True,
+                    help="classifier-free guidance also towards the concept's tokens (Persona(guide_concept=...))")
     ap.add_argument("--rows", default="untrained,omnipersona,shared,no_replay,no_edit")
     ap.add_argument("--base", default=None, help="a BAGEL checkpoint folder (default: the cached world base)")
     ap.add_argument("--json", default=None, help="also write the per-concept metrics here")

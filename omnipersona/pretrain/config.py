@@ -81,17 +81,22 @@ class Curriculum(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    item_steps: int = Field(0, ge=0)  # phase 0: drawing a named item (PARG's picture); measured with 600
     plain_colour_steps: int = Field(0, ge=0)  # measured with 200
     single_attribute_steps: int = Field(0, ge=0)  # 200
     named_steps: int = Field(0, ge=0)  # 1300
     batch_size: int = 32
     lr: float = 2e-3
+    # Phase 3 anneals the learning rate (cosine) to lr * named_min_lr_ratio, as stage 3 ended:
+    # 1.0 keeps it constant (the first measured setting).
+    named_min_lr_ratio: float = Field(1.0, gt=0.0, le=1.0)
     # phase-3 batch: single-attribute checks, named single-attribute checks, named tasks, the whole mix
     named_batch: tuple[int, int, int, int] = (10, 11, 6, 5)
+    named_item_samples: int = Field(0, ge=0)  # phase 3: item drawings per batch, on top of named_batch
 
     @property
     def steps(self) -> int:
-        return self.plain_colour_steps + self.single_attribute_steps + self.named_steps
+        return self.item_steps + self.plain_colour_steps + self.single_attribute_steps + self.named_steps
 
 
 class PretrainConfig(BaseModel):
@@ -122,6 +127,9 @@ class PretrainConfig(BaseModel):
             return self.base_stage_digest()
         payload = {"recipe": RECIPE_VERSION, "curriculum_version": CURRICULUM_VERSION,
                    **self.model_dump(mode="json", exclude={"threads"})}
+        for option, off in (("named_min_lr_ratio", 1.0), ("item_steps", 0), ("named_item_samples", 0)):
+            if payload["curriculum"][option] == off:  # bases built before the option keep their names
+                del payload["curriculum"][option]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def base_stage_digest(self) -> str:

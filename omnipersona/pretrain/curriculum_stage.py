@@ -9,6 +9,7 @@ base's own named tasks and the whole task mix so the rest is not forgotten.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 
@@ -19,7 +20,7 @@ from ..model.bagel import Bagel
 from .base_stage import _prefetched, trainable_parameters
 from .batches import PretrainBatcher
 from .config import PretrainConfig, TaskMix
-from .tasks import check_sample, named_check_sample, pretrain_sample
+from .tasks import check_sample, item_t2i_sample, named_check_sample, pretrain_sample
 
 _ALL = ("colour", "shape", "pattern")
 _NAMED_TASKS = TaskMix(**{k: float(k in ("attribute_check", "named_recognition")) for k in TaskMix.model_fields})
@@ -36,6 +37,9 @@ def per_sample_text_loss(ce: torch.Tensor, sample_ids: torch.Tensor, num_samples
 def curriculum_samples(cfg: PretrainConfig, step: int) -> list:
     c, size, seed = cfg.curriculum, cfg.model.image_size, cfg.seed + 11
     first = step * c.batch_size
+    if step < c.item_steps:
+        return [item_t2i_sample(seed, first + i, size) for i in range(c.batch_size)]
+    step -= c.item_steps
     if step < c.plain_colour_steps:
         return [check_sample(seed, first + i, size, ("colour",), plain=True) for i in range(c.batch_size)]
     if step < c.plain_colour_steps + c.single_attribute_steps:
@@ -45,19 +49,32 @@ def curriculum_samples(cfg: PretrainConfig, step: int) -> list:
     out += [named_check_sample(seed, first + i, size) for i in range(n_named)]
     out += [pretrain_sample(seed, first + i, _NAMED_TASKS, size)[1] for i in range(n_tasks)]
     out += [pretrain_sample(seed + 1, first + i, cfg.mix, size, cfg.cfg_dropout, cfg.target_repeats)[1] for i in range(n_mix)]
+    out += [item_t2i_sample(seed + 2, first + i, size) for i in range(c.named_item_samples)]
     return out
+
+
+def curriculum_lr_factor(cfg: PretrainConfig, step: int) -> float:
+    """1 during phases 1-2; in phase 3 a cosine from 1 to `named_min_lr_ratio`."""
+    c = cfg.curriculum
+    start = c.item_steps + c.plain_colour_steps + c.single_attribute_steps
+    if step < start or c.named_steps <= 1:
+        return 1.0
+    progress = (step - start) / (c.named_steps - 1)
+    return c.named_min_lr_ratio + (1 - c.named_min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train_curriculum(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig, log=print) -> list[dict]:
     c = cfg.curriculum
-    if sum(c.named_batch) != c.batch_size:
-        raise ValueError(f"curriculum.named_batch {c.named_batch} must add up to batch_size {c.batch_size}")
+    if sum(c.named_batch) + c.named_item_samples != c.batch_size:
+        raise ValueError(f"curriculum.named_batch {c.named_batch} + named_item_samples {c.named_item_samples} "
+                         f"must add up to batch_size {c.batch_size}")
     params = trainable_parameters(model, cfg.base_trains_vit)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: curriculum_lr_factor(cfg, step))
     g = torch.Generator().manual_seed(cfg.seed + 12)
     history: list[dict] = []
     recent: dict[str, list[float]] = defaultdict(list)
@@ -66,13 +83,14 @@ def train_curriculum(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig
     batches = _prefetched(lambda step: batcher.batch(curriculum_samples(cfg, step), g), c.steps)
     for step, batch in enumerate(batches):
         out = model(**batch.model_inputs())
-        ce = per_sample_text_loss(out["ce"].float(), batch.ce_sample_ids, c.batch_size)
+        ce = per_sample_text_loss(out["ce"].float(), batch.ce_sample_ids, c.batch_size) if out["ce"] is not None else torch.zeros(())
         mse = out["mse"].mean() if out["mse"] is not None else torch.zeros(())
         loss = ce + cfg.mse_weight * mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         record = {"step": step, "ce": float(ce.detach()), "mse": float(mse.detach())}
         history.append(record)
         recent["ce"].append(record["ce"])

@@ -173,6 +173,22 @@ def named_check_sample(seed: int, index: int, size: int) -> list[Seg]:
             Seg("text", f"Is {name} in this image?"), Seg("text", "Yes" if said == truth else "No", loss=True)]
 
 
+def item_t2i_sample(seed: int, index: int, size: int) -> list[Seg]:
+    """A described concept drawn with one of its items, the item spelled out in the request
+    ("a photo of maeve with a red rocket" or the replay rewrite "a photo of maeve with its toy. a red
+    rocket"): the picture PARG asks for once replay has recalled the item."""
+    rng = _rng(seed, index, 7)
+    concept = _concept(seed, index)
+    category = ITEM_CATEGORIES[int(rng.integers(len(ITEM_CATEGORIES)))]
+    item = concept.private.item(category)
+    image, _ = _view(concept, rng, size, item=item)
+    if rng.random() < 0.5:
+        prompt = f"a photo of {concept.name} {'next to' if category == 'home' else 'with'} {item.phrase}"
+    else:
+        prompt = _ITEM_REQUESTS[category][0].format(n=concept.name) + f". {item.phrase}"
+    return [_context(concept, rng, private=False), Seg("text", prompt), Seg("target", image=image), Seg("target", image=image)]
+
+
 # ----------------------------------------------------------------------------- named tasks
 def _concept(seed: int, index: int) -> WorldConcept:
     # Pretraining concepts come from their own seed range: never the benchmark's concepts.
