@@ -68,31 +68,33 @@ class TaskMix(BaseModel):
 
 
 class Curriculum(BaseModel):
-    """Stage 4 (off by default): Yes / No verification, which the task mix alone leaves at chance.
+    """Stage 4: what the task mix of stage 3 leaves at chance in the CPU budget — drawing a named
+    item, verifying by Yes / No, and copying a name when parsing a replay request.
 
-    Measured (docs/evaluation.md): it teaches recognition through a name (0.53 -> 0.77 on held-out
-    concepts) but the base forgets VQA and generation on the way (VQA 0.58 -> 0.43), and the
-    ablation table got worse on every other column, so the default base does not use it yet.
-
-    Phase 1 checks one colour on plain backgrounds, phase 2 colour / shape / pattern anywhere (half of
-    both: the matching "What colour is the object?" VQA), phase 3 mixes those with *named* single-
-    attribute checks ("maeve is teal." + picture + "Is maeve in this image?"), the base's own
-    attribute-check and named-recognition tasks, and the whole task mix against forgetting."""
+    Phase 0 draws described concepts with one of their items spelled out ("a photo of maeve with a
+    red rocket": PARG's picture once replay has recalled the item). Phase 1 checks one colour on
+    plain backgrounds, phase 2 colour / shape / pattern anywhere (half of both: the matching "What
+    colour is the object?" VQA), phase 3 mixes those with *named* single-attribute checks ("maeve is
+    teal." + picture + "Is maeve in this image?"), the base's own attribute-check and
+    named-recognition tasks, the whole task mix against forgetting, item drawings and replay intent
+    prompts, with the learning rate annealed as stage 3 ended. Measured in docs/evaluation.md; every
+    step count 0 turns the stage off (the stage-3 base, digest 249a5ea116e1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    item_steps: int = Field(0, ge=0)  # phase 0: drawing a named item (PARG's picture); measured with 600
-    plain_colour_steps: int = Field(0, ge=0)  # measured with 200
-    single_attribute_steps: int = Field(0, ge=0)  # 200
-    named_steps: int = Field(0, ge=0)  # 1300
+    item_steps: int = Field(600, ge=0)
+    plain_colour_steps: int = Field(200, ge=0)
+    single_attribute_steps: int = Field(200, ge=0)
+    named_steps: int = Field(1300, ge=0)
     batch_size: int = 32
     lr: float = 2e-3
-    # Phase 3 anneals the learning rate (cosine) to lr * named_min_lr_ratio, as stage 3 ended:
-    # 1.0 keeps it constant (the first measured setting).
-    named_min_lr_ratio: float = Field(1.0, gt=0.0, le=1.0)
+    # Phase 3 anneals the learning rate (cosine) to lr * named_min_lr_ratio; 1.0 keeps it constant
+    # (measured: constant made the base forget VQA, 0.58 -> 0.48).
+    named_min_lr_ratio: float = Field(0.1, gt=0.0, le=1.0)
     # phase-3 batch: single-attribute checks, named single-attribute checks, named tasks, the whole mix
-    named_batch: tuple[int, int, int, int] = (10, 11, 6, 5)
-    named_item_samples: int = Field(0, ge=0)  # phase 3: item drawings per batch, on top of named_batch
+    named_batch: tuple[int, int, int, int] = (5, 7, 4, 11)
+    named_item_samples: int = Field(3, ge=0)  # phase 3: item drawings per batch
+    named_intent_samples: int = Field(2, ge=0)  # phase 3: replay intent prompts per batch (keeps name copying)
 
     @property
     def steps(self) -> int:
@@ -127,8 +129,8 @@ class PretrainConfig(BaseModel):
             return self.base_stage_digest()
         payload = {"recipe": RECIPE_VERSION, "curriculum_version": CURRICULUM_VERSION,
                    **self.model_dump(mode="json", exclude={"threads"})}
-        for option, off in (("named_min_lr_ratio", 1.0), ("item_steps", 0), ("named_item_samples", 0)):
-            if payload["curriculum"][option] == off:  # bases built before the option keep their names
+        for option, off in (("named_min_lr_ratio", 1.0), ("item_steps", 0), ("named_item_samples", 0), ("named_intent_samples", 0)):
+            if payload["curriculum"][option] == off:  # bases measured before the option existed keep their names
                 del payload["curriculum"][option]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

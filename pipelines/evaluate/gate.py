@@ -64,13 +64,14 @@ class EvaluationGate(BaseModel):
         return {"minimums": dict(self.minimums), "maximums": dict(self.maximums)}
 
 
-# Bounds for concepts trained on the world base with the default recipe (docs/evaluation.md, test
-# split): 3 of 6 OmniPersona concepts pass, 0 of 6 with untrained tokens. Recognition is left out:
-# that base answers Yes / No at chance whatever the tokens.
+# Bounds for concepts trained on the world base with the default recipe, chosen on the dev split
+# (5 of 6 OmniPersona concepts pass there, 1 of 6 with untrained tokens); on the test split of
+# docs/evaluation.md 3 of 6 OmniPersona concepts pass and none with untrained tokens.
 WORLD_BASE_GATE = EvaluationGate(
     minimums={
-        "text_qa_accuracy": 0.45,
-        "vqa_accuracy": 0.7,
+        "recognition_accuracy": 0.65,
+        "text_qa_accuracy": 0.4,
+        "vqa_accuracy": 0.6,
     },
 )
 

@@ -276,7 +276,8 @@ def test_world_base_recipe_builds_a_loadable_cached_bagel(tmp_path):
     from omnipersona.pretrain.build import build_world_base
 
     cfg = PretrainConfig(vae_crop_steps=2, vae_steps=1, vit_steps=2, schedule=Schedule(steps=2, batch_size=4, warmup_steps=1),
-                         curriculum=Curriculum(plain_colour_steps=1, single_attribute_steps=1, named_steps=1, batch_size=4, named_batch=(1, 1, 1, 1)))
+                         curriculum=Curriculum(item_steps=1, plain_colour_steps=1, single_attribute_steps=1, named_steps=2, batch_size=6,
+                                               named_batch=(1, 1, 1, 1), named_item_samples=1, named_intent_samples=1))
     folder = ensure_world_base(cfg, tmp_path / "cache", log=None)
     assert folder.name == f"world-base-{cfg.digest()}"
     for name in ("llm_config.json", "vit_config.json", "ema.safetensors", "ae.safetensors", "tokenizer.json"):
@@ -287,6 +288,24 @@ def test_world_base_recipe_builds_a_loadable_cached_bagel(tmp_path):
     again = build_world_base(tmp_path / "again", cfg, log=None)  # no stage cache: every stage retrained
     assert (again / "ema.safetensors").read_bytes() == (folder / "ema.safetensors").read_bytes()
     assert (again / "ae.safetensors").read_bytes() == (folder / "ae.safetensors").read_bytes()
+
+
+def test_curriculum_phases_and_annealed_phase_three():
+    from omnipersona.pretrain import PretrainConfig
+    from omnipersona.pretrain.config import Curriculum
+    from omnipersona.pretrain.curriculum_stage import curriculum_lr_factor, curriculum_samples
+
+    cfg = PretrainConfig(curriculum=Curriculum(item_steps=2, plain_colour_steps=2, single_attribute_steps=2, named_steps=5, batch_size=6,
+                                               named_batch=(1, 1, 1, 1), named_item_samples=1, named_intent_samples=1))
+    drawings = curriculum_samples(cfg, 0)  # phase 0: a described concept drawn with an item spelled out
+    assert all(segs[-1].kind == "target" and segs[1].text.startswith("a photo of") for segs in drawings)
+    for step in (2, 4):  # phases 1-2: one-attribute checks or the matching VQA, answer as the only loss
+        assert all(segs[0].kind == "vit" and segs[-1].loss for segs in curriculum_samples(cfg, step))
+    mixed = curriculum_samples(cfg, 6)
+    assert len(mixed) == 6 and mixed[-1][-2].text.endswith("Question:")  # the last one: a replay intent prompt
+    factors = [curriculum_lr_factor(cfg, step) for step in range(cfg.curriculum.steps)]
+    assert factors[:7] == [1.0] * 7 and factors[-1] == pytest.approx(cfg.curriculum.named_min_lr_ratio)
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
 
 
 # ----------------------------------------------------------------------------- the job's evaluate step
