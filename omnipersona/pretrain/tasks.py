@@ -179,6 +179,12 @@ def item_t2i_sample(seed: int, index: int, size: int) -> list[Seg]:
     rocket"): the picture PARG asks for once replay has recalled the item."""
     rng = _rng(seed, index, 7)
     concept = _concept(seed, index)
+    image, prompt = _with_item(concept, rng, size)
+    return [_context(concept, rng, private=False), Seg("text", prompt), Seg("target", image=image), Seg("target", image=image)]
+
+
+def _with_item(concept: WorldConcept, rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
+    """A view of the concept with one of its items, and a request that spells the item out."""
     category = ITEM_CATEGORIES[int(rng.integers(len(ITEM_CATEGORIES)))]
     item = concept.private.item(category)
     image, _ = _view(concept, rng, size, item=item)
@@ -186,7 +192,7 @@ def item_t2i_sample(seed: int, index: int, size: int) -> list[Seg]:
         prompt = f"a photo of {concept.name} {'next to' if category == 'home' else 'with'} {item.phrase}"
     else:
         prompt = _ITEM_REQUESTS[category][0].format(n=concept.name) + f". {item.phrase}"
-    return [_context(concept, rng, private=False), Seg("text", prompt), Seg("target", image=image), Seg("target", image=image)]
+    return image, prompt
 
 
 # ----------------------------------------------------------------------------- named tasks
@@ -256,13 +262,7 @@ def _named_t2i(concept, rng, size) -> list[Seg]:
         if rng.random() < 0.5:  # the rewrite knowledge replay makes: "request. recalled answer"
             prompt += f". {object_phrase(concept.spec)}"
     else:
-        category = ITEM_CATEGORIES[int(rng.integers(len(ITEM_CATEGORIES)))]
-        item = concept.private.item(category)
-        image, _ = _view(concept, rng, size, item=item)
-        if rng.random() < 0.5:
-            prompt = f"a photo of {n} {'next to' if category == 'home' else 'with'} {item.phrase}"
-        else:
-            prompt = _ITEM_REQUESTS[category][0].format(n=n) + f". {item.phrase}"
+        image, prompt = _with_item(concept, rng, size)
     return [_context(concept, rng, private=False), Seg("text", prompt), Seg("target", image=image)]
 
 
