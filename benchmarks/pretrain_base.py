@@ -21,13 +21,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from omnipersona.infer.replay import KnowledgeReplay  # noqa: E402
 from omnipersona.model.checkpoint import load_bagel  # noqa: E402
-from omnipersona.model.images import to_tensor  # noqa: E402
-from omnipersona.model.sampling import append_text, append_vit_image, decode_text, new_context  # noqa: E402
+from omnipersona.model.images import to_pil, to_tensor  # noqa: E402
+from omnipersona.model.sampling import (  # noqa: E402
+    FlowSampling,
+    append_text,
+    append_vit_image,
+    decode_text,
+    latent_grid,
+    new_context,
+    sample_latent,
+)
 from omnipersona.pretrain import PretrainConfig, ensure_world_base  # noqa: E402
 from omnipersona.pretrain.config import TaskMix  # noqa: E402
 from omnipersona.pretrain.tasks import pretrain_sample  # noqa: E402
-from pipelines.evaluate.metrics import answer_score  # noqa: E402
+from omnipersona.world import make_concepts  # noqa: E402
+from omnipersona.world.items import ITEM_CATEGORIES  # noqa: E402
+from pipelines.evaluate.harness import EvalOptions, _item_kind, eval_set_from_world  # noqa: E402
+from pipelines.evaluate.metrics import answer_score, weighted_recognition_accuracy  # noqa: E402
 from pipelines.evaluate.probe import ProbeConfig, ensure_probe, probe_accuracy  # noqa: E402
 
 CHECK_SEED = 4242  # pretraining draws from seed 0: these samples are fresh
@@ -68,6 +80,61 @@ def base_checks(folder: Path, n: int = 48) -> dict[str, float]:
     return out
 
 
+def _p_yes(bundle, context: list, question: str) -> float:
+    """p(Yes) / (p(Yes) + p(No)) of the first answer token after `context` (texts and images) and `question`."""
+    model, tok, special = bundle.model, bundle.tokenizer, bundle.special
+    size = bundle.config.vit.image_size
+    ctx = new_context(model)
+    for part in [*context, question]:
+        if isinstance(part, str):
+            append_text(model, ctx, tok.encode(part, add_special_tokens=False), special)
+        else:
+            append_vit_image(model, ctx, to_tensor(part, (size, size)), special)
+    first = {}
+    decode_text(model, ctx, special, 1, None, lambda lg: first.setdefault("logits", lg))
+    yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))
+    return float(first["logits"][[yes, no]].softmax(-1)[0])
+
+
+@torch.no_grad()
+def concept_checks(folder: Path, probe=None, concepts: int = 4) -> dict[str, float]:
+    """Three abilities OmniPersona relies on, on held-out world concepts (the dev split's first
+    `concepts`, never in pretraining): recognising a concept described in context among held-out
+    views, look-alikes and random objects (weighted as `recognition_accuracy`); copying the name into
+    the replay intent question ("What is oscar's toy?"); and, with the probe, drawing the item a
+    request spells out ("a photo of oscar with a red rocket")."""
+    bundle = load_bagel(str(folder))
+    model, tok, special = bundle.model, bundle.tokenizer, bundle.special
+    size = bundle.config.vit.image_size
+    ids = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    out, recognition, copied, drawn = {}, [], [], []
+    for i, concept in enumerate(make_concepts(concepts, seed=101)):
+        es = eval_set_from_world(concept, EvalOptions(image_size=size))
+        description, n = " ".join(concept.facts()[:3]), concept.name
+        p = lambda images: [_p_yes(bundle, [description, im], f"Is {n} in this image?") for im in images]  # noqa: E731
+        recognition.append(weighted_recognition_accuracy(p(es.views), p(es.hard_negatives), p(es.random_negatives))["recognition_accuracy"])
+        for request, question in ((f"a photo of {n} with its toy", f"What is {n}'s toy?"),
+                                  (f"a photo of {n} next to its home", f"What is {n}'s home?")):
+            ctx = new_context(model)
+            append_text(model, ctx, ids(" ".join(concept.facts())), special)
+            append_text(model, ctx, ids(KnowledgeReplay(None).intent_prompt(n, request)), special)
+            copied.append(float(tok.decode(decode_text(model, ctx, special, 24)).strip() == question))
+        if probe is not None:
+            for category in ITEM_CATEGORIES:
+                item = concept.private.item(category)
+                ctx, text_free = new_context(model), new_context(model)
+                append_text(model, ctx, ids(description), special)
+                append_text(model, ctx, ids(f"a photo of {n} {'next to' if category == 'home' else 'with'} {item.phrase}"), special)
+                latent = sample_latent(model, ctx, latent_grid(model, size, size), special,
+                                       FlowSampling(num_steps=20, seed=len(drawn)), cfg_text_ctx=text_free)
+                drawn.append(float(probe.read([to_pil(bundle.vae.decode(latent))])[0].item == _item_kind(item.phrase)))
+    out["named_recognition_held_out"] = float(np.mean(recognition))
+    out["intent_copies_name"] = float(np.mean(copied))
+    if drawn:
+        out["item_drawn_as_asked"] = float(np.mean(drawn))
+    return out
+
+
 def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -89,10 +156,13 @@ def main(argv=None) -> int:
     checks = base_checks(folder)
     print("  base checks on fresh samples (answer score / Yes-No accuracy): "
           + ", ".join(f"{k} {v:.2f}" for k, v in checks.items()))
+    probe = None
     if not args.skip_probe:
         probe = ensure_probe(ProbeConfig(image_size=cfg.model.image_size), args.root)
         acc = probe_accuracy(probe)
         print("probe accuracy on fresh clean renders: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+    held_out = concept_checks(folder, probe)
+    print("  on held-out concepts: " + ", ".join(f"{k} {v:.2f}" for k, v in held_out.items()))
     if args.out:
         shutil.copytree(folder, args.out, dirs_exist_ok=True)
         print(f"copied to {args.out}")
