@@ -1,6 +1,6 @@
 """Build (or find) the cached world base and the evaluation probe.
 
-    python benchmarks/pretrain_base.py            # ~30 min on one CPU core the first time (measured), then instant
+    python benchmarks/pretrain_base.py            # ~27 min on one CPU core the first time (measured), then instant
     python benchmarks/pretrain_base.py --out DIR  # also copy the base folder to DIR
 
 The base is a BAGEL-architecture checkpoint (release layout: llm_config.json, vit_config.json,

@@ -1,6 +1,6 @@
 """Build the world base in the BAGEL release layout, or reuse the cached one.
 
-    folder = ensure_world_base()            # builds once (~30 min on one CPU core), then cached
+    folder = ensure_world_base()            # builds once (~27 min on one CPU core), then cached
     bundle = load_world_base()              # LoadedBagel, like any BAGEL checkpoint
 
 Cache: `$OMNIPERSONA_BASE_CACHE/world-base-<config digest>` (default root `~/.cache/omnipersona`).
