@@ -37,8 +37,7 @@ from omnipersona.pretrain import PretrainConfig, ensure_world_base  # noqa: E402
 from omnipersona.pretrain.config import TaskMix  # noqa: E402
 from omnipersona.pretrain.tasks import pretrain_sample  # noqa: E402
 from omnipersona.world import make_concepts  # noqa: E402
-from omnipersona.world.items import ITEM_CATEGORIES  # noqa: E402
-from pipelines.evaluate.harness import EvalOptions, _item_kind, eval_set_from_world  # noqa: E402
+from pipelines.evaluate.harness import EvalOptions, eval_set_from_world  # noqa: E402
 from pipelines.evaluate.metrics import answer_score, weighted_recognition_accuracy  # noqa: E402
 from pipelines.evaluate.probe import ProbeConfig, ensure_probe, probe_accuracy  # noqa: E402
 
@@ -108,26 +107,23 @@ def concept_checks(folder: Path, probe=None, concepts: int = 4) -> dict[str, flo
     size = bundle.config.vit.image_size
     ids = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     out, recognition, copied, drawn = {}, [], [], []
-    for i, concept in enumerate(make_concepts(concepts, seed=101)):
+    for concept in make_concepts(concepts, seed=101):
         es = eval_set_from_world(concept, EvalOptions(image_size=size))
         description, n = " ".join(concept.facts()[:3]), concept.name
         p = lambda images: [_p_yes(bundle, [description, im], f"Is {n} in this image?") for im in images]  # noqa: E731
         recognition.append(weighted_recognition_accuracy(p(es.views), p(es.hard_negatives), p(es.random_negatives))["recognition_accuracy"])
-        for request, question in ((f"a photo of {n} with its toy", f"What is {n}'s toy?"),
-                                  (f"a photo of {n} next to its home", f"What is {n}'s home?")):
+        for request, case in zip(concept.parg_requests(), es.parg):
             ctx = new_context(model)
             append_text(model, ctx, ids(" ".join(concept.facts())), special)
-            append_text(model, ctx, ids(KnowledgeReplay(None).intent_prompt(n, request)), special)
-            copied.append(float(tok.decode(decode_text(model, ctx, special, 24)).strip() == question))
-        if probe is not None:
-            for category in ITEM_CATEGORIES:
-                item = concept.private.item(category)
+            append_text(model, ctx, ids(KnowledgeReplay(None).intent_prompt(n, request.request)), special)
+            copied.append(float(tok.decode(decode_text(model, ctx, special, 24)).strip() == request.question))
+            if probe is not None:  # the request as replay rewrites it: "a photo of oscar with a red rocket"
                 ctx, text_free = new_context(model), new_context(model)
                 append_text(model, ctx, ids(description), special)
-                append_text(model, ctx, ids(f"a photo of {n} {'next to' if category == 'home' else 'with'} {item.phrase}"), special)
+                append_text(model, ctx, ids(request.rewritten), special)
                 latent = sample_latent(model, ctx, latent_grid(model, size, size), special,
                                        FlowSampling(num_steps=20, seed=len(drawn)), cfg_text_ctx=text_free)
-                drawn.append(float(probe.read([to_pil(bundle.vae.decode(latent))])[0].item == _item_kind(item.phrase)))
+                drawn.append(float(probe.read([to_pil(bundle.vae.decode(latent))])[0].item == case.item_kind))
     out["named_recognition_held_out"] = float(np.mean(recognition))
     out["intent_copies_name"] = float(np.mean(copied))
     if drawn:

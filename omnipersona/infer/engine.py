@@ -68,7 +68,8 @@ class Persona:
         self.slots = {name: i for i, name in enumerate(self.names)}
         self.image_size = image_size
         self.sampling = sampling or FlowSampling()
-        self.guide_concept, self.replay_appearance = guide_concept, replay_appearance
+        self.guide_concept = guide_concept
+        self.replay = KnowledgeReplay(self, appearance=replay_appearance)
         tok = bundle.tokenizer
         self._yes = tok.encode("Yes", add_special_tokens=False)[0]
         self._no = tok.encode("No", add_special_tokens=False)[0]
@@ -154,7 +155,7 @@ class Persona:
     @torch.no_grad()
     def generate(self, concept: str, prompt: str, replay: bool = True, size: int | None = None) -> Generated:
         """Text-to-image of a concept; with replay the request is first made explicit from memory."""
-        trace = KnowledgeReplay(self, appearance=self.replay_appearance).run(concept, prompt) if replay else None
+        trace = self.replay.run(concept, prompt) if replay else None
         final = trace.rewritten if trace else prompt
         model, special = self.bundle.model, self.bundle.special
         slots = self._concept_slots(final, [concept])
@@ -167,21 +168,21 @@ class Persona:
     @torch.no_grad()
     def edit(self, concept: str, image, instruction: str, replay: bool = True) -> Generated:
         """Edit `image` following `instruction`; the source enters as clean VAE and ViT tokens."""
-        trace = KnowledgeReplay(self, appearance=self.replay_appearance).run(concept, instruction) if replay else None
+        trace = self.replay.run(concept, instruction) if replay else None
         final = trace.rewritten if trace else instruction
         model, special, vae = self.bundle.model, self.bundle.special, self.bundle.vae
         slots = self._concept_slots(final, [concept])
         pixels = self._pixels(image)
         z = vae.encode(pixels[None], sample=False)[0]
-        full = self._context(slots)
-        append_vae_latent(model, full, z, special)
-        append_vit_image(model, full, pixels, special)
-        if self.guide_concept:
-            text_free = self._context([])
-            append_vae_latent(model, text_free, z, special)
-            append_vit_image(model, text_free, pixels, special)
-        else:
-            text_free = full.fork()
+
+        def with_source(context_slots: list[int]) -> Context:
+            ctx = self._context(context_slots)
+            append_vae_latent(model, ctx, z, special)
+            append_vit_image(model, ctx, pixels, special)
+            return ctx
+
+        full = with_source(slots)
+        text_free = with_source([]) if self.guide_concept else full.fork()
         image_free = self._context(slots)
         self._append(full, final)
         self._append(image_free, final)

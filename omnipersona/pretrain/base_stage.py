@@ -38,6 +38,23 @@ def trainable_parameters(model: Bagel, train_vit: bool = True) -> list[torch.nn.
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
+def start_training(model: Bagel, train_vit: bool) -> list[torch.nn.Parameter]:
+    """Train mode with only the trainable parameters requiring grad; returns them."""
+    params = trainable_parameters(model, train_vit)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    model.train()
+    return params
+
+
+def end_training(model: Bagel) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
 def _prefetched(make, count: int, depth: int = 3):
     """Yield make(0), make(1), ... built `depth` ahead in a thread (rendering and VAE encoding
     overlap the training step; order, hence determinism, is unchanged)."""
@@ -60,12 +77,7 @@ def _prefetched(make, count: int, depth: int = 3):
 
 def train_base(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig, log=print) -> list[dict]:
     s = cfg.schedule
-    model.train()
-    params = trainable_parameters(model, cfg.base_trains_vit)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    params = start_training(model, cfg.base_trains_vit)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -102,7 +114,5 @@ def train_base(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig, log=
                 f"base step {step}/{s.steps} ce {np.mean(recent['ce'][-50:]):.3f} "
                 f"mse {np.mean(recent['mse'][-50:]):.3f} ({time.time() - start:.0f}s)"
             )
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    end_training(model)
     return history

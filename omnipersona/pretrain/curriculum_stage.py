@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
 
 from ..model.bagel import Bagel
-from .base_stage import _prefetched, trainable_parameters
+from .base_stage import _prefetched, end_training, start_training
 from .batches import PretrainBatcher
 from .config import PretrainConfig, TaskMix
 from .tasks import check_sample, item_t2i_sample, named_check_sample, pretrain_sample
@@ -58,7 +57,7 @@ def curriculum_samples(cfg: PretrainConfig, step: int) -> list:
 
 
 def curriculum_lr_factor(cfg: PretrainConfig, step: int) -> float:
-    """1 during phases 1-2; in phase 3 a cosine from 1 to `named_min_lr_ratio`."""
+    """1 during phases 0-2; in phase 3 a cosine from 1 to `named_min_lr_ratio`."""
     c = cfg.curriculum
     start = c.item_steps + c.plain_colour_steps + c.single_attribute_steps
     if step < start or c.named_steps <= 1:
@@ -72,18 +71,12 @@ def train_curriculum(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig
     if sum(c.named_batch) + c.named_item_samples + c.named_intent_samples != c.batch_size:
         raise ValueError(f"curriculum.named_batch {c.named_batch} + named_item_samples {c.named_item_samples} + "
                          f"named_intent_samples {c.named_intent_samples} must add up to batch_size {c.batch_size}")
-    params = trainable_parameters(model, cfg.base_trains_vit)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    params = start_training(model, cfg.base_trains_vit)
     opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: curriculum_lr_factor(cfg, step))
     g = torch.Generator().manual_seed(cfg.seed + 12)
     history: list[dict] = []
-    recent: dict[str, list[float]] = defaultdict(list)
     start = time.time()
-    model.train()
     batches = _prefetched(lambda step: batcher.batch(curriculum_samples(cfg, step), g), c.steps)
     for step, batch in enumerate(batches):
         out = model(**batch.model_inputs())
@@ -97,10 +90,7 @@ def train_curriculum(model: Bagel, batcher: PretrainBatcher, cfg: PretrainConfig
         sched.step()
         record = {"step": step, "ce": float(ce.detach()), "mse": float(mse.detach())}
         history.append(record)
-        recent["ce"].append(record["ce"])
         if log and (step % 100 == 0 or step == c.steps - 1):
-            log(f"curriculum step {step}/{c.steps} ce {np.mean(recent['ce'][-100:]):.3f} ({time.time() - start:.0f}s)")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+            log(f"curriculum step {step}/{c.steps} ce {np.mean([r['ce'] for r in history[-100:]]):.3f} ({time.time() - start:.0f}s)")
+    end_training(model)
     return history
