@@ -25,15 +25,16 @@ def _demo(args) -> int:
 
 def _status(args) -> int:
     from pipelines.config import JobConfig
+    from pipelines.paths import JobPaths
     from pipelines.storage import filesystem_for, read_bytes
 
     cfg = JobConfig.from_yaml(args.config)
-    fs, base = filesystem_for(f"{cfg.artifacts.work_root.rstrip('/')}/{args.job_id}", cfg.storage)
-    info = fs.get_file_info(f"{base}/summary.md")
-    if info.type.name == "File":
-        print(read_bytes(fs, f"{base}/summary.md").decode())
+    paths = JobPaths.of(cfg, args.job_id)
+    fs, summary = filesystem_for(paths.summary_markdown, cfg.storage)
+    if fs.get_file_info(summary).type.name == "File":
+        print(read_bytes(fs, summary).decode())
         return 0
-    quarantine = fs.get_file_info(f"{base}/quarantine.json")
+    quarantine = fs.get_file_info(filesystem_for(paths.quarantine, cfg.storage)[1])
     state = "running (ingest done)" if quarantine.type.name == "File" else "unknown (no trace of this job id)"
     print(f"job {args.job_id}: {state}; training progress is in the job log (`ray job logs <submission id>`)")
     return 0 if quarantine.type.name == "File" else 1
@@ -64,13 +65,15 @@ def _infer(args) -> int:
 
 
 def _delete(args) -> int:
+    from omnipersona.identity import ConceptId
     from pipelines.config import JobConfig
     from pipelines.delete import delete_concept
-    from pipelines.register import ConceptRegistry
+    from pipelines.register import ConceptRegistry, MlflowConnection
 
     cfg = JobConfig.from_yaml(args.config)
-    registry = ConceptRegistry(cfg.mlflow.tracking_uri, experiment_name=cfg.mlflow.experiment, prefix=cfg.mlflow.registry_prefix)
-    report = delete_concept(args.tenant, args.concept, artifact_root=cfg.artifacts.root, work_root=cfg.artifacts.work_root,
+    registry = ConceptRegistry(MlflowConnection(cfg.mlflow.tracking_uri, experiment_name=cfg.mlflow.experiment),
+                               prefix=cfg.mlflow.registry_prefix)
+    report = delete_concept(ConceptId(args.tenant, args.concept), artifact_root=cfg.artifacts.root, work_root=cfg.artifacts.work_root,
                             registry=registry, storage=cfg.storage,
                             uploads_uri=cfg.ingest.uploads_uri if args.purge_uploads else None)
     print(json.dumps(report.__dict__, indent=2))

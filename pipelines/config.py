@@ -5,7 +5,9 @@ and `__` between nested names (secrets belong there, not in the YAML):
 
     OMNIPERSONA_STORAGE__SECRET_KEY=...  OMNIPERSONA_MLFLOW__TRACKING_URI=http://mlflow:5000
 
-No stage reads the environment except through this object.
+Settings come from this object only. The environment is read elsewhere just for what belongs to
+the process, not to the job: `RAY_ADDRESS` (the cluster to join) and `TORCH_EXTENSIONS_DIR`
+(DeepSpeed's op cache, passed on to the Ray workers).
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pipelines.evaluate.gate import Gate
 from pipelines.ingest.config import IngestConfig
-from pipelines.register import GateConfig
 from pipelines.storage import StorageConfig
 from pipelines.train.config import TrainStageConfig
 
@@ -87,10 +89,18 @@ class JobConfig(BaseSettings):
     train: TrainStageConfig = Field(default_factory=TrainStageConfig)
     artifacts: ArtifactSettings
     mlflow: MlflowSettings
-    gate: GateConfig = Field(default_factory=GateConfig)
+    gate: Gate = Field(default_factory=Gate, description="Promotion gate: champion moves only when it passes")
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     hard_negative_features: Literal["vision_encoder", "colour_histogram"] = "vision_encoder"
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_without_gains(cls, gate: Gate) -> Gate:
+        if gate.minimum_gains:
+            raise ValueError("gate.minimum_gains needs untrained-token baselines, which the job does not compute: "
+                             "bound the metrics with gate.minimums / gate.maximums")
+        return gate
 
     @classmethod
     def settings_customise_sources(
@@ -113,11 +123,3 @@ class JobConfig(BaseSettings):
         if not isinstance(data, dict):
             raise ValueError(f"job config {path} must hold a mapping at the top level")
         return cls(**data)
-
-    def fingerprint_fields(self) -> dict:
-        """What identifies the *training* outcome (config hash input): not endpoints or secrets."""
-        return {
-            "model": self.model.uri,
-            "recipe": self.train.recipe.model_dump(mode="json"),
-            "ingest": self.ingest.model_dump(mode="json", exclude={"uploads_uri", "negatives_uri", "include"}),
-        }

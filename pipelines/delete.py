@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
+from omnipersona.identity import ConceptId
 from pipelines.register import ConceptRegistry
-from pipelines.registry_names import logged_model_filter
 from pipelines.storage import StorageConfig, delete_prefix, filesystem_for
 from pipelines.train.example_store import PARTITION, concept_part
 
@@ -28,37 +28,8 @@ class DeletionReport:
     mlflow_files: list[str] = field(default_factory=list)
 
 
-def _delete_mlflow_files(registry: ConceptRegistry, tenant: str, concept: str, model_ids: list[str]) -> list[str]:
-    """The logged models' packages and the job runs' sample pictures of this concept."""
-    import mlflow
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    removed = []
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(registry.tracking_uri)  # mlflow-artifacts:/ URIs resolve through it
-    try:
-        locations = []
-        for model_id in model_ids:
-            try:
-                locations.append(registry.client.get_logged_model(model_id).artifact_location)
-            except Exception:  # noqa: BLE001 - already gone
-                continue
-        runs = registry.client.search_runs([registry.experiment_id], max_results=10_000)
-        for run in runs:
-            prefix = f"concepts/{tenant}/{concept}"
-            if registry.client.list_artifacts(run.info.run_id, prefix):
-                locations.append(f"{run.info.artifact_uri.rstrip('/')}/{prefix}")
-        for location in locations:
-            get_artifact_repository(location).delete_artifacts()
-            removed.append(location)
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return removed
-
-
 def delete_concept(
-    tenant: str,
-    concept: str,
+    concept: ConceptId,
     *,
     artifact_root: str,
     work_root: str,
@@ -67,16 +38,16 @@ def delete_concept(
     uploads_uri: str | None = None,
 ) -> DeletionReport:
     """Delete everything made from the concept; with `uploads_uri`, its raw uploads too."""
-    key = f"{tenant}/{concept}"
+    key = concept.key
     report = DeletionReport(concept_key=key)
     if uploads_uri is not None:
         ufs, uroot = filesystem_for(uploads_uri, storage)
-        upload_dir = f"{uroot.rstrip('/')}/{tenant}/{concept}"
+        upload_dir = f"{uroot.rstrip('/')}/{key}"
         if ufs.get_file_info(upload_dir).type != pafs.FileType.NotFound:
             delete_prefix(ufs, upload_dir)
             report.upload_paths.append(upload_dir)
     fs, root = filesystem_for(artifact_root, storage)
-    concept_dir = f"{root.rstrip('/')}/{tenant}/{concept}"
+    concept_dir = f"{root.rstrip('/')}/{key}"
     if fs.get_file_info(concept_dir).type != pafs.FileType.NotFound:
         delete_prefix(fs, concept_dir)
         report.artifact_paths.append(concept_dir)
@@ -90,10 +61,8 @@ def delete_concept(
                 delete_prefix(wfs, candidate)
                 report.derived_paths.append(candidate)
     # Registry last: if it fails, the concept can still be found there and the deletion retried.
-    logged = registry.client.search_logged_models([registry.experiment_id], filter_string=logged_model_filter(tenant, concept))
-    model_ids = sorted({m.model_id for m in logged})
-    report.mlflow_files = _delete_mlflow_files(registry, tenant, concept, model_ids)
-    report.logged_models = registry.delete_concept(tenant, concept)
+    report.mlflow_files = registry.delete_files(concept, registry.logged_model_ids(concept))
+    report.logged_models = registry.delete_concept(concept)
     log.info("deleted %s: %d artifact folders, %d derived folders, %d logged models, %d MLflow file sets",
              key, len(report.artifact_paths), len(report.derived_paths), len(report.logged_models), len(report.mlflow_files))
     return report

@@ -36,6 +36,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from ..identity import ConceptId, check_name
+
 FORMAT_VERSION = "1"
 TENSORS_FILE = "concept.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -43,9 +45,6 @@ TENSOR_NAMES = ("identifier", "und_tokens", "gen_tokens", "identifier_output")
 
 ConceptMode = Literal["decoupled", "shared"]
 
-# Tenant and concept ids become storage path segments and MLflow model names: keep them to a
-# charset that is safe everywhere and lowercase so case-insensitive backends cannot collide.
-ID_PART_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class ArtifactError(Exception):
@@ -68,16 +67,6 @@ class BaseModelMismatchError(ArtifactError):
     """The artifact was trained against other base weights than the ones loaded."""
 
 
-def validate_id_part(value: str, what: str) -> str:
-    """Return ``value`` if it is a valid tenant or concept id, else raise ``ValueError``."""
-    if not isinstance(value, str) or not ID_PART_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"invalid {what} id {value!r}: use 1-63 characters of lowercase a-z, 0-9, '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return value
-
-
 def config_hash(obj: BaseModel | dict[str, Any]) -> str:
     """First 16 hex digits of the sha256 of ``obj`` as canonical JSON (sorted keys, no spaces).
 
@@ -90,8 +79,7 @@ def config_hash(obj: BaseModel | dict[str, Any]) -> str:
 
 def artifact_subpath(tenant: str, concept: str, data_digest: str) -> str:
     """Where a concept's artifact lives below the artifact root: ``<tenant>/<concept>/<digest>``."""
-    validate_id_part(tenant, "tenant")
-    validate_id_part(concept, "concept")
+    ConceptId(tenant, concept)  # validates both names
     if not re.fullmatch(r"[A-Za-z0-9_-]+", data_digest or ""):
         raise ValueError(f"invalid data digest {data_digest!r}")
     return f"{tenant}/{concept}/{data_digest}"
@@ -119,12 +107,12 @@ class ConceptManifest(BaseModel):
     @field_validator("tenant")
     @classmethod
     def _tenant_id(cls, value: str) -> str:
-        return validate_id_part(value, "tenant")
+        return check_name(value, "tenant")
 
     @field_validator("concept")
     @classmethod
     def _concept_id_part(cls, value: str) -> str:
-        return validate_id_part(value, "concept")
+        return check_name(value, "concept")
 
     @field_validator("created_at")
     @classmethod
@@ -134,9 +122,13 @@ class ConceptManifest(BaseModel):
             value = value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
 
+    @property
+    def id(self) -> ConceptId:
+        return ConceptId(self.tenant, self.concept)
+
     @model_validator(mode="after")
     def _consistent_concept_id(self) -> ConceptManifest:
-        expected = f"{self.tenant}/{self.concept}"
+        expected = self.id.key
         if not self.concept_id:
             self.concept_id = expected
         elif self.concept_id != expected:

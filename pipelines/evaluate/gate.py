@@ -1,9 +1,8 @@
-"""The promotion gate over evaluation metrics, with the schema of `pipelines.register.GateConfig`.
+"""The promotion gate: the one type the job config, the registry and the benchmarks share.
 
-`EvaluationGate` has the same `minimums` / `maximums` fields as the registry's `GateConfig` (so
-one YAML block configures both: `GateConfig(**gate.model_dump(include={"minimums", "maximums"}))`),
-plus `minimum_gains`: how far a concept must beat its untrained-tokens baseline on a metric. It
-is kept here, free of MLflow, so the gate's arithmetic is unit-testable.
+Free of MLflow (the job config imports it, and its arithmetic is unit-tested on its own). The job
+evaluates a concept, asks the gate, and hands the registry the decision; `champion` moves to a
+new version only when the gate passed.
 """
 from __future__ import annotations
 
@@ -18,17 +17,22 @@ class GateResult(BaseModel):
     reasons: list[str] = Field(default_factory=list)
 
 
-class EvaluationGate(BaseModel):
+class Gate(BaseModel):
     """Every listed metric must be present, finite and within its bound.
 
-    YAML: ``{minimums: {recognition_accuracy: 0.7}, maximums: {}, minimum_gains: {text_qa_accuracy: 0.2}}``
-    An empty gate passes everything.
+    YAML: ``{minimums: {recognition_accuracy: 0.7}, maximums: {loss_text: 2.0}, minimum_gains: {text_qa_accuracy: 0.2}}``
+    `minimum_gains` bound how far a concept must beat its untrained-tokens baseline (callers that
+    have one: the benchmarks). An empty gate passes everything.
     """
 
     model_config = ConfigDict(extra="forbid")
     minimums: dict[str, float] = Field(default_factory=dict)  # metric >= bound
     maximums: dict[str, float] = Field(default_factory=dict)  # metric <= bound
     minimum_gains: dict[str, float] = Field(default_factory=dict)  # metric - baseline[metric] >= gain
+
+    @property
+    def metric_names(self) -> set[str]:
+        return set(self.minimums) | set(self.maximums) | set(self.minimum_gains)
 
     def evaluate(self, metrics: Mapping[str, float], baseline: Mapping[str, float] | None = None) -> GateResult:
         reasons: list[str] = []
@@ -59,26 +63,10 @@ class EvaluationGate(BaseModel):
                         reasons.append(f"{key} gained {v - b:+.4g} over the untrained baseline ({b:.4g}), needs +{gain}")
         return GateResult(passed=not reasons, reasons=reasons)
 
-    def registry_config(self) -> dict[str, dict[str, float]]:
-        """Keyword arguments for `pipelines.register.GateConfig` (absolute bounds only)."""
-        return {"minimums": dict(self.minimums), "maximums": dict(self.maximums)}
-
-
-# Bounds for concepts trained on the world base with the default recipe, chosen on the dev split
-# (5 of 6 OmniPersona concepts pass there, 1 of 6 with untrained tokens); on the test split of
-# docs/evaluation.md 3 of 6 OmniPersona concepts pass and none with untrained tokens.
-WORLD_BASE_GATE = EvaluationGate(
-    minimums={
-        "recognition_accuracy": 0.65,
-        "text_qa_accuracy": 0.4,
-        "vqa_accuracy": 0.6,
-    },
-)
-
 
 def gate_concepts(
     per_concept: Mapping[str, Mapping[str, float]],
-    gate: EvaluationGate,
+    gate: Gate,
     baselines: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, GateResult]:
     """One gate decision per concept (baselines keyed like `per_concept`, when gains are gated)."""

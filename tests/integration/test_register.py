@@ -15,20 +15,23 @@ from PIL import Image
 from pyarrow import fs as pafs
 
 from omnipersona.concepts.artifact import BaseModelMismatchError, ConceptArtifact, ConceptManifest
+from omnipersona.identity import ConceptId
+from pipelines.evaluate.gate import Gate
 from pipelines.register import (
     ConceptRegistry,
-    GateConfig,
+    JobRuns,
     JobRunSpec,
+    MlflowConnection,
     RetryPolicy,
     call_with_retries,
     create_once,
 )
-from pipelines.registry_names import CANDIDATE_ALIAS, CHAMPION_ALIAS, registered_model_name
+from pipelines.register.names import CANDIDATE_ALIAS, CHAMPION_ALIAS
 
 pytestmark = pytest.mark.integration
 
 HIDDEN = 8
-GATE = GateConfig(minimums={"recognition_accuracy": 0.6})
+GATE = Gate(minimums={"recognition_accuracy": 0.6})
 
 
 def unique(prefix: str) -> str:
@@ -62,11 +65,11 @@ def write_artifact(folder, tenant: str, concept: str, data_digest: str, config_h
 
 @pytest.fixture(scope="module")
 def registry(mlflow_server) -> ConceptRegistry:
-    return ConceptRegistry(
+    return ConceptRegistry(MlflowConnection(
         mlflow_server.tracking_uri,
         experiment_name=unique("test-register"),
         retry=RetryPolicy(attempts=2, initial_delay_s=0.1),
-    )
+    ))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def run_id(registry) -> str:
         zero_stage=2,
         ray_submission_id="raysubmit_abc",
     )
-    return registry.start_job_run(spec)
+    return JobRuns(registry.mlflow).start(spec)
 
 
 def test_job_run_carries_tags_and_is_reused_on_rerun(registry, mlflow_server):
@@ -94,9 +97,9 @@ def test_job_run_carries_tags_and_is_reused_on_rerun(registry, mlflow_server):
         base_fingerprint="fp-tiny",
         zero_stage=3,
     )
-    first = registry.start_job_run(spec)
-    registry.end_job_run(first, "FAILED")
-    again = registry.start_job_run(spec)
+    first = JobRuns(registry.mlflow).start(spec)
+    JobRuns(registry.mlflow).end(first, "FAILED")
+    again = JobRuns(registry.mlflow).start(spec)
     assert again == first
     run = MlflowClient(mlflow_server.tracking_uri).get_run(first)
     assert run.info.run_name == spec.job_id
@@ -118,7 +121,7 @@ def test_register_creates_version_candidate_and_champion_on_gate_pass(registry, 
     )
 
     client = MlflowClient(mlflow_server.tracking_uri)
-    name = registered_model_name(tenant, concept)
+    name = ConceptId(tenant, concept).model_name()
     assert (result.status, result.model_name, result.version, result.promoted) == ("registered", name, "1", True)
     assert client.get_model_version_by_alias(name, CANDIDATE_ALIAS).version == "1"
     assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == "1"
@@ -148,7 +151,7 @@ def test_gate_failure_keeps_champion(registry, run_id, tmp_path, mlflow_server):
     result = registry.register_concept(run_id, tmp_path / "v2", metrics={"recognition_accuracy": 0.3}, gate=GATE)
 
     client = MlflowClient(mlflow_server.tracking_uri)
-    name = registered_model_name(tenant, concept)
+    name = ConceptId(tenant, concept).model_name()
     assert (result.version, result.promoted) == ("2", False)
     assert result.gate is not None and "recognition_accuracy=0.3 < 0.6" in result.gate.reasons[0]
     assert client.get_model_version_by_alias(name, CANDIDATE_ALIAS).version == "2"
@@ -164,7 +167,7 @@ def test_same_digest_and_config_is_not_registered_twice(registry, run_id, tmp_pa
 
     second = registry.register_concept(run_id, tmp_path / "b", metrics={"recognition_accuracy": 0.9}, gate=GATE)
 
-    name = registered_model_name(tenant, concept)
+    name = ConceptId(tenant, concept).model_name()
     versions = MlflowClient(mlflow_server.tracking_uri).search_model_versions(f"name = '{name}'")
     assert [v.version for v in versions] == ["1"]
     assert (second.status, second.version, second.model_id) == ("already_registered", "1", first.model_id)
@@ -179,7 +182,7 @@ def test_promote_and_rollback(registry, run_id, tmp_path, mlflow_server):
         write_artifact(tmp_path / f"v{i}", tenant, concept, f"digest{i}", seed=i)
         registry.register_concept(run_id, tmp_path / f"v{i}", metrics={"recognition_accuracy": 0.9}, gate=GATE)
     client = MlflowClient(mlflow_server.tracking_uri)
-    name = registered_model_name(tenant, concept)
+    name = ConceptId(tenant, concept).model_name()
     assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == "3"
 
     assert registry.rollback(name) == "2"
@@ -199,7 +202,7 @@ def test_champion_download_loads_back(registry, run_id, tmp_path):
     original = write_artifact(tmp_path / "a", tenant, concept, "digest1")
     registry.register_concept(run_id, tmp_path / "a", metrics={"recognition_accuracy": 1.0}, gate=GATE)
 
-    folder = registry.download(tenant, concept, tmp_path / "download")
+    folder = registry.download(ConceptId(tenant, concept), tmp_path / "download")
 
     loaded = ConceptArtifact.load(folder, expected_fingerprint="fp-tiny", expected_hidden_size=HIDDEN)
     assert torch.equal(loaded.und_tokens, original.und_tokens)
@@ -221,7 +224,7 @@ def test_logged_but_unregistered_artifact_is_registered_without_relogging(regist
         run_id, f"{root.as_posix()}/{tenant}/{concept}/digest1", filesystem=pafs.LocalFileSystem()
     )
     client = MlflowClient(mlflow_server.tracking_uri)
-    name = registered_model_name(tenant, concept)
+    name = ConceptId(tenant, concept).model_name()
     client.delete_model_version(name, first.version)  # as if the job died before creating the version
 
     again = registry.register_concept(run_id, root / tenant / concept / "digest1")
@@ -237,15 +240,15 @@ def test_delete_removes_registered_model_and_logged_models(registry, run_id, tmp
     write_artifact(tmp_path / "b", tenant, concept, "digest2", seed=2)
     ids = {registry.register_concept(run_id, tmp_path / p).model_id for p in ("a", "b")}
 
-    deleted = registry.delete_concept(tenant, concept)
+    deleted = registry.delete_concept(ConceptId(tenant, concept))
 
     client = MlflowClient(mlflow_server.tracking_uri)
     assert set(deleted) == ids
     with pytest.raises(MlflowException, match="not found|does not exist|RESOURCE_DOES_NOT_EXIST"):
-        client.get_registered_model(registered_model_name(tenant, concept))
-    remaining = client.search_logged_models([registry.experiment_id], filter_string=f"tags.concept = '{concept}'")
+        client.get_registered_model(ConceptId(tenant, concept).model_name())
+    remaining = client.search_logged_models([registry.mlflow.experiment_id], filter_string=f"tags.concept = '{concept}'")
     assert list(remaining) == []
-    assert registry.delete_concept(tenant, concept) == []  # idempotent
+    assert registry.delete_concept(ConceptId(tenant, concept)) == []  # idempotent
 
 
 def test_missing_artifact_is_reported_before_anything_is_registered(registry, run_id, tmp_path, mlflow_server):
@@ -254,18 +257,18 @@ def test_missing_artifact_is_reported_before_anything_is_registered(registry, ru
 
 
 def test_s3_artifact_store_round_trip(mlflow_server_s3, request, tmp_path):
-    registry = ConceptRegistry(mlflow_server_s3.tracking_uri, experiment_name=unique("test-register-s3"))
+    registry = ConceptRegistry(MlflowConnection(mlflow_server_s3.tracking_uri, experiment_name=unique("test-register-s3")))
     spec = JobRunSpec(
         job_id=unique("job"), snapshot_uri="s3://b/uploads", snapshot_digest="s", config_hash="c",
         base_model_id="bagel-tiny", base_fingerprint="fp-tiny", zero_stage=2,
     )
-    run_id = registry.start_job_run(spec)
+    run_id = JobRuns(registry.mlflow).start(spec)
     tenant, concept = "acme", unique("s3dog")
     original = write_artifact(tmp_path / "a", tenant, concept, "digest1")
     result = registry.register_concept(run_id, tmp_path / "a", metrics={"recognition_accuracy": 0.7}, gate=GATE)
     assert result.promoted
 
-    loaded = ConceptArtifact.load(registry.download(tenant, concept, tmp_path / "dl"), expected_fingerprint="fp-tiny")
+    loaded = ConceptArtifact.load(registry.download(ConceptId(tenant, concept), tmp_path / "dl"), expected_fingerprint="fp-tiny")
     assert torch.equal(loaded.gen_tokens, original.gen_tokens)
 
     # The files really live in the bucket (the client itself never had S3 credentials).
@@ -282,22 +285,22 @@ def test_s3_artifact_store_round_trip(mlflow_server_s3, request, tmp_path):
 
 
 def test_registered_model_names_are_tenant_scoped_and_validated():
-    assert registered_model_name("acme", "rex") == "omnipersona.acme.rex"
-    assert registered_model_name("acme", "rex", prefix="staging") == "staging.acme.rex"
-    assert registered_model_name("a-b", "c") != registered_model_name("a", "b-c")
+    assert ConceptId("acme", "rex").model_name() == "omnipersona.acme.rex"
+    assert ConceptId("acme", "rex").model_name(prefix="staging") == "staging.acme.rex"
+    assert ConceptId("a-b", "c").model_name() != ConceptId("a", "b-c").model_name()
     for bad in ("Acme", "a.b", "a/b", "", "x" * 64, "a'b"):
         with pytest.raises(ValueError):
-            registered_model_name(bad, "rex")
+            ConceptId(bad, "rex").model_name()
 
 
 def test_gate_checks_minimums_maximums_and_missing_metrics():
-    gate = GateConfig(minimums={"recognition_accuracy": 0.6}, maximums={"loss_text": 1.0})
+    gate = Gate(minimums={"recognition_accuracy": 0.6}, maximums={"loss_text": 1.0})
     assert gate.evaluate({"recognition_accuracy": 0.6, "loss_text": 1.0}).passed
     failed = gate.evaluate({"recognition_accuracy": 0.5})
     assert not failed.passed
     assert failed.reasons == ["recognition_accuracy=0.5 < 0.6", "loss_text missing (needs <= 1.0)"]
     assert not gate.evaluate({"recognition_accuracy": float("nan"), "loss_text": 0.1}).passed
-    assert GateConfig().evaluate({}).passed
+    assert Gate().evaluate({}).passed
 
 
 FAST = RetryPolicy(attempts=3, initial_delay_s=0.0)

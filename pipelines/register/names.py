@@ -1,19 +1,14 @@
-"""Names and tag keys the MLflow registry stage writes, in one place.
+"""Tag keys, aliases and filter strings the MLflow registry stage writes, in one place.
 
-Registered model names are tenant-scoped: ``<prefix>.<tenant>.<concept>``, e.g.
-``omnipersona.acme.rex``. Tenant and concept ids use ``[a-z0-9][a-z0-9_-]{0,62}`` (no dots), so
-the dots separate exactly three parts and two different (tenant, concept) pairs can never map to
-the same name. The charset also keeps the names valid for MLflow (which forbids '/' and ':') and
-safe to quote inside MLflow filter strings.
+Registered model names and URIs come from `omnipersona.identity.ConceptId` (``<prefix>.<tenant>.<concept>``);
+its name rule keeps them valid for MLflow and safe to quote inside filter strings.
 """
 from __future__ import annotations
 
 import re
 
-from omnipersona.concepts.artifact import validate_id_part
+from omnipersona.identity import ConceptId
 
-DEFAULT_PREFIX = "omnipersona"
-PREFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Digests, config hashes and job ids go into filter strings: no quotes, no backslashes.
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -48,19 +43,6 @@ RUN_TAG_RAY_SUBMISSION_ID = "omnipersona.ray_submission_id"
 LOGGED_MODEL_TYPE = "omnipersona-concept"
 
 
-def registered_model_name(tenant: str, concept: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """``<prefix>.<tenant>.<concept>``; raises ``ValueError`` for ids outside the safe charset."""
-    if not PREFIX_PATTERN.fullmatch(prefix):
-        raise ValueError(f"invalid registry prefix {prefix!r}: use lowercase a-z, 0-9, '_' or '-'")
-    return f"{prefix}.{validate_id_part(tenant, 'tenant')}.{validate_id_part(concept, 'concept')}"
-
-
-def logged_model_name(tenant: str, concept: str) -> str:
-    """Display name of a concept's LoggedModel. MLflow forbids '.' there, so it differs from the
-    registered model name; it is descriptive only (tags identify the concept)."""
-    return f"{validate_id_part(tenant, 'tenant')}__{validate_id_part(concept, 'concept')}"
-
-
 def checked_token(value: str, what: str) -> str:
     """A digest or hash that is safe to put in a filter string."""
     if not isinstance(value, str) or not TOKEN_PATTERN.fullmatch(value):
@@ -76,14 +58,9 @@ def version_filter(name: str, data_digest: str, config_hash: str) -> str:
     )
 
 
-def logged_model_filter(
-    tenant: str, concept: str, data_digest: str | None = None, config_hash: str | None = None
-) -> str:
-    """Filter string for ``search_logged_models`` over one concept's logged models."""
-    parts = [
-        f"tags.{TAG_TENANT} = '{validate_id_part(tenant, 'tenant')}'",
-        f"tags.{TAG_CONCEPT} = '{validate_id_part(concept, 'concept')}'",
-    ]
+def logged_model_filter(concept: ConceptId, data_digest: str | None = None, config_hash: str | None = None) -> str:
+    """Filter string for ``search_logged_models`` over one concept's logged models (validated ids)."""
+    parts = [f"tags.{TAG_TENANT} = '{concept.tenant}'", f"tags.{TAG_CONCEPT} = '{concept.concept}'"]
     if data_digest is not None:
         parts.append(f"tags.{TAG_DATA_DIGEST} = '{checked_token(data_digest, 'data digest')}'")
     if config_hash is not None:

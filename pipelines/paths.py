@@ -1,0 +1,65 @@
+"""Every location a job derives from its config, in one place (URIs: local paths or s3://...).
+
+    <artifacts.root>/<tenant>/<concept>/<digest>/        trained concepts (the artifact format)
+    <artifacts.work or root/_work>/<job id>/examples/    the job's training examples (Parquet)
+                                           /quarantine.json, summary.json, summary.md
+    <artifacts.runs or root/_runs>/                      Ray Train runs (checkpoints)
+    <ingest.uploads_uri>/<tenant>/<concept>/             a concept's uploads (lineage)
+    <evaluation.eval_sets_uri>/<tenant>/<concept>/       a concept's held-out evaluation set
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnipersona.concepts.artifact import artifact_subpath
+from omnipersona.identity import ConceptId
+from pipelines.config import JobConfig
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    job_id: str
+    artifact_root: str
+    work_root: str
+    runs_root: str
+    uploads_root: str
+    eval_sets_root: str | None
+
+    @classmethod
+    def of(cls, cfg: JobConfig, job_id: str) -> "JobPaths":
+        return cls(job_id, cfg.artifacts.root, cfg.artifacts.work_root, cfg.artifacts.runs_root,
+                   cfg.ingest.uploads_uri, cfg.evaluation.eval_sets_uri)
+
+    @property
+    def work(self) -> str:
+        """This job's folder of derived data."""
+        return join(self.work_root, self.job_id)
+
+    @property
+    def examples(self) -> str:
+        return join(self.work, "examples")
+
+    @property
+    def quarantine(self) -> str:
+        return join(self.work, "quarantine.json")
+
+    @property
+    def summary_json(self) -> str:
+        return join(self.work, "summary.json")
+
+    @property
+    def summary_markdown(self) -> str:
+        return join(self.work, "summary.md")
+
+    def artifact(self, concept: ConceptId, data_digest: str) -> str:
+        return join(self.artifact_root, artifact_subpath(concept.tenant, concept.concept, data_digest))
+
+    def uploads(self, concept: ConceptId) -> str:
+        return join(self.uploads_root, concept.key)
+
+    def eval_set(self, concept: ConceptId) -> str | None:
+        return join(self.eval_sets_root, concept.key) if self.eval_sets_root else None

@@ -1,0 +1,256 @@
+"""A concept's lifecycle in the MLflow registry: register a version, move aliases, roll back,
+download, delete.
+
+One registered model per concept, ``<prefix>.<tenant>.<concept>``: a version per distinct (data
+digest, config hash), alias ``candidate`` on the newest, ``champion`` on the one serving (moved
+only when the promotion gate passed). See docs/registry.md.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from PIL import Image
+
+from omnipersona.concepts.artifact import ConceptArtifact
+from omnipersona.identity import DEFAULT_REGISTRY_PREFIX, ConceptId, check_name
+from pipelines.evaluate.gate import Gate, GateResult
+from pipelines.register import names
+from pipelines.register.concept_model import (
+    CONCEPT_ARTIFACT_KEY,
+    concept_pictures_prefix,
+    concept_tags,
+    log_concept_model,
+    stage_locally,
+)
+from pipelines.register.connection import MlflowConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    status: Literal["registered", "already_registered"]
+    model_name: str
+    version: str
+    model_id: str | None
+    promoted: bool
+    gate: GateResult | None
+
+
+def version_model_id(version) -> str | None:
+    """The LoggedModel behind a model version. Versions read over REST carry no ``model_id``
+    field (MLflow 3.17), but their source is ``models:/<model id>``."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+class ConceptRegistry:
+    def __init__(self, mlflow_: MlflowConnection, prefix: str = DEFAULT_REGISTRY_PREFIX) -> None:
+        self.mlflow = mlflow_
+        self.client = mlflow_.client
+        self.prefix = check_name(prefix, "registry prefix")
+
+    def model_name(self, concept: ConceptId) -> str:
+        return concept.model_name(self.prefix)
+
+    # ------------------------------------------------------------ registration
+
+    def find_version(self, name: str, data_digest: str, config_hash: str):
+        """The model version trained from this data digest with this config, if any."""
+        found = self.mlflow.call(
+            "search versions", self.client.search_model_versions, names.version_filter(name, data_digest, config_hash)
+        )
+        return min(found, key=lambda v: int(v.version)) if found else None
+
+    def register_concept(
+        self,
+        run_id: str,
+        artifact_path: str | Path,
+        *,
+        filesystem: Any | None = None,
+        metrics: dict[str, float] | None = None,
+        images: dict[str, Image.Image] | None = None,
+        gate: Gate | None = None,
+        data_uri: str | None = None,
+    ) -> RegistrationResult:
+        """Register the artifact at ``artifact_path`` (local, or on ``filesystem``: a pyarrow
+        filesystem such as S3) as a new version of its concept's registered model.
+
+        ``metrics`` (evaluation metrics, final losses) are merged over the manifest's metrics and
+        feed the ``gate``: ``champion`` moves to the new version only when the gate passes. A
+        (tenant, concept, data digest, config hash) that already has a version is skipped.
+        ``data_uri`` is the concept's upload folder, recorded as the dataset input (lineage).
+        """
+        with tempfile.TemporaryDirectory(prefix="omnipersona-register-") as tmp:
+            # Validate where it lives (clear errors for missing or corrupt files), then copy.
+            ConceptArtifact.load(artifact_path, filesystem=filesystem)
+            local_dir = stage_locally(artifact_path, filesystem, Path(tmp) / CONCEPT_ARTIFACT_KEY)
+            artifact = ConceptArtifact.load(local_dir)
+            m = artifact.manifest
+            name = self.model_name(m.id)
+            all_metrics = {**m.metrics, **(metrics or {})}
+
+            existing = self.find_version(name, m.data_digest, m.training_config_hash)
+            if existing is not None:
+                log.info("%s v%s already holds data %s / config %s: skipped",
+                         name, existing.version, m.data_digest, m.training_config_hash)
+                return RegistrationResult("already_registered", name, existing.version, version_model_id(existing), False, None)
+
+            self._ensure_registered_model(name, m.id)
+            model_id = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri)
+            decision = gate.evaluate(all_metrics) if gate is not None else None
+            version_tags = {
+                **concept_tags(artifact),
+                names.TAG_GATE: "not_evaluated" if decision is None else ("passed" if decision.passed else "failed"),
+                names.TAG_GATE_REASONS: "; ".join(decision.reasons) if decision else "",
+            }
+            run_job_id = self.mlflow.call("get run", self.client.get_run, run_id).data.tags.get(names.RUN_TAG_JOB_ID)
+            if run_job_id:
+                version_tags[names.TAG_JOB_ID] = run_job_id
+            version, _ = self.mlflow.create_once(
+                lambda: self.find_version(name, m.data_digest, m.training_config_hash),
+                lambda: self.client.create_model_version(
+                    name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id
+                ),
+                f"version of {name}",
+            )
+            self.mlflow.call("set candidate", self.client.set_registered_model_alias, name, names.CANDIDATE_ALIAS, version.version)
+            promoted = bool(decision and decision.passed)
+            if promoted:
+                self.promote(name, version.version)
+            elif decision is not None:
+                log.info("%s v%s stays a candidate: %s", name, version.version, "; ".join(decision.reasons))
+            return RegistrationResult("registered", name, version.version, model_id, promoted, decision)
+
+    def _ensure_registered_model(self, name: str, concept: ConceptId) -> None:
+        self.mlflow.create_once(
+            lambda: self._get_registered_model(name),
+            lambda: self.client.create_registered_model(
+                name, tags={names.TAG_TENANT: concept.tenant, names.TAG_CONCEPT: concept.concept},
+                description=f"OmniPersona concept tokens of {concept.key}",
+            ),
+            f"registered model {name}",
+        )
+
+    def _get_registered_model(self, name: str):
+        try:
+            return self.client.get_registered_model(name)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    # ------------------------------------------------------------ aliases
+
+    def _alias_version(self, name: str, alias: str):
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def champion_version(self, name: str) -> str | None:
+        version = self.mlflow.call("get champion", self._alias_version, name, names.CHAMPION_ALIAS)
+        return version.version if version is not None else None
+
+    def promote(self, name: str, version: str | int) -> None:
+        """Point ``champion`` at ``version``, remembering the champion it replaces."""
+        version = str(version)
+        current = self.champion_version(name)
+        if current == version:
+            return
+        if current is not None:
+            self.mlflow.call("tag previous champion", self.client.set_model_version_tag,
+                             name, version, names.TAG_PREVIOUS_CHAMPION, current)
+        self.mlflow.call("set champion", self.client.set_registered_model_alias, name, names.CHAMPION_ALIAS, version)
+        log.info("%s: champion %s -> %s", name, current, version)
+
+    def rollback(self, name: str) -> str:
+        """Move ``champion`` back to the champion it replaced; returns that version."""
+        current = self.mlflow.call("get champion", self._alias_version, name, names.CHAMPION_ALIAS)
+        if current is None:
+            raise LookupError(f"{name} has no champion to roll back")
+        previous = current.tags.get(names.TAG_PREVIOUS_CHAMPION)
+        if not previous:
+            raise LookupError(f"{name} v{current.version} replaced no earlier champion: nothing to roll back to")
+        self.mlflow.call("get version", self.client.get_model_version, name, previous)  # fails clearly if deleted
+        self.mlflow.call("set champion", self.client.set_registered_model_alias, name, names.CHAMPION_ALIAS, previous)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.mlflow.call("tag rolled back", self.client.set_model_version_tag, name, current.version, names.TAG_ROLLED_BACK_AT, now)
+        self.mlflow.call("tag rollback", self.client.set_registered_model_tag,
+                         name, names.TAG_LAST_ROLLBACK, f"{current.version} -> {previous}")
+        log.info("%s: rolled champion back %s -> %s", name, current.version, previous)
+        return previous
+
+    # ------------------------------------------------------------ lookup and deletion
+
+    def download(self, concept: ConceptId, dst_dir: str | Path, alias: str | None = names.CHAMPION_ALIAS,
+                 version: str | int | None = None) -> Path:
+        """Download the version behind ``models:/<name>@<alias>`` (or ``/<version>``) and return the
+        concept artifact folder inside it (load it with ``ConceptArtifact.load(folder, expected_fingerprint=...)``)."""
+        name = self.model_name(concept)
+        if version is None:
+            found = self.mlflow.call("resolve alias", self._alias_version, name, alias)
+            if found is None:
+                raise LookupError(f"models:/{name}@{alias} does not exist")
+            version = found.version
+        # Resolve with our client: MLflow's models:/ resolution would use the global registry URI.
+        source = self.mlflow.call("download uri", self.client.get_model_version_download_uri, name, str(version))
+        local = self.mlflow.call("download", mlflow.artifacts.download_artifacts, artifact_uri=source,
+                                 dst_path=str(dst_dir), tracking_uri=self.mlflow.tracking_uri)
+        pyfunc_conf = Model.load(Path(local)).flavors["python_function"]
+        return Path(local) / pyfunc_conf["artifacts"][CONCEPT_ARTIFACT_KEY]["path"]
+
+    def logged_model_ids(self, concept: ConceptId) -> list[str]:
+        """Every logged model of the concept: behind its versions, and any never registered."""
+        versions = self.mlflow.call("list versions", self.client.search_model_versions, f"name = '{self.model_name(concept)}'")
+        model_ids = {version_model_id(v) for v in versions} - {None}
+        logged = self.mlflow.call("list logged models", self.client.search_logged_models,
+                                  [self.mlflow.experiment_id], filter_string=names.logged_model_filter(concept))
+        return sorted(model_ids | {lm.model_id for lm in logged})
+
+    def delete_files(self, concept: ConceptId, model_ids: list[str]) -> list[str]:
+        """Delete the logged models' packages and the job runs' sample pictures of the concept;
+        returns the artifact locations removed."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.mlflow.tracking_uri)  # mlflow-artifacts:/ URIs resolve through it
+        try:
+            locations = []
+            for model_id in model_ids:
+                try:
+                    locations.append(self.client.get_logged_model(model_id).artifact_location)
+                except MlflowException:  # already gone
+                    continue
+            prefix = concept_pictures_prefix(concept)
+            for run in self.mlflow.call("list runs", self.client.search_runs, [self.mlflow.experiment_id], max_results=10_000):
+                if self.client.list_artifacts(run.info.run_id, prefix):
+                    locations.append(f"{run.info.artifact_uri.rstrip('/')}/{prefix}")
+            for location in locations:
+                get_artifact_repository(location).delete_artifacts()
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return locations
+
+    def delete_concept(self, concept: ConceptId) -> list[str]:
+        """Delete the concept's registered model (all versions and aliases) and its logged
+        models; returns the deleted logged-model ids. Artifacts go with the next ``mlflow gc``."""
+        name = self.model_name(concept)
+        model_ids = self.logged_model_ids(concept)
+        if self.mlflow.call("get registered model", self._get_registered_model, name) is not None:
+            self.mlflow.call("delete registered model", self.client.delete_registered_model, name)
+        for model_id in model_ids:
+            self.mlflow.call("delete logged model", self.client.delete_logged_model, model_id)
+        return model_ids
