@@ -1,0 +1,50 @@
+"""ConceptId: one name rule, keys and registry names that split back to the same concept."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from omnipersona.identity import ConceptId, parse_model_name, parse_model_uri
+
+
+def test_key_and_parse_round_trip():
+    c = ConceptId("acme", "maeve")
+    assert c.key == "acme/maeve" and str(c) == "acme/maeve"
+    assert ConceptId.parse("acme/maeve") == c
+    assert sorted([ConceptId("b", "a"), ConceptId("a", "z")]) == [ConceptId("a", "z"), ConceptId("b", "a")]
+
+
+@pytest.mark.parametrize("bad", ["Acme", "a.b", "a/b", "", "x" * 64, "a'b", "-a", "a\n", "ä"])
+def test_names_outside_the_rule_are_refused(bad):
+    with pytest.raises(ValueError, match="not allowed"):
+        ConceptId(bad, "rex")
+    with pytest.raises(ValueError):
+        ConceptId("acme", bad)
+
+
+@pytest.mark.parametrize("bad_key", ["acme", "acme/rex/x", "/rex", "acme/", 3])
+def test_malformed_keys_are_refused(bad_key):
+    with pytest.raises(ValueError):
+        ConceptId.parse(bad_key)
+
+
+def test_model_names_and_uris_parse_back():
+    c = ConceptId("acme", "maeve")
+    assert c.model_name() == "omnipersona.acme.maeve"
+    assert parse_model_name(c.model_name("staging")) == ("staging", c)
+    ref = parse_model_uri("models:/omnipersona.acme.maeve@champion")
+    assert (ref.prefix, ref.concept, ref.alias, ref.version) == ("omnipersona", c, "champion", None)
+    assert ref.uri == c.model_uri(alias="champion")
+    ref = parse_model_uri(c.model_uri(version=3))
+    assert (ref.alias, ref.version, ref.uri) == (None, 3, "models:/omnipersona.acme.maeve/3")
+    for bad in ("models:/omnipersona.acme@champion", "models:/a.b.c", "runs:/x/y", "models:/a.B.c@x"):
+        with pytest.raises(ValueError, match="models:/"):
+            parse_model_uri(bad)
+
+
+def test_identity_needs_no_torch():
+    """The data workers and the CLI read concept ids without importing the model."""
+    code = "import sys, omnipersona.identity; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
