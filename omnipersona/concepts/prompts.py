@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 
+from ..identity import NAME_PATTERN
 from .bank import ConceptBank
+from .upload_schema import PLACEHOLDER
 
-PLACEHOLDER = "<sks>"
-_NAME = re.compile(r"<([a-z0-9][a-z0-9_\-]{0,63})>")
+_NAME = re.compile(rf"<({NAME_PATTERN})>")  # a concept named in angle brackets, by the one name rule
 
 
 def encode(tokenizer, text: str, identifiers: dict[str, int]) -> list[int]:

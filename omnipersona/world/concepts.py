@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from omnipersona import identity
 from omnipersona.world import seeds
 from omnipersona.world.attributes import (
     ACCESSORIES,
@@ -45,7 +46,7 @@ NAMES = (
     "hana", "ike", "jade", "koko", "lola", "moss", "nico", "opal", "pim", "quinn", "rosa", "sol",
     "tess", "umi", "vito", "wynn", "xena", "yuki",
 )
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(rf"^{identity.NAME_PATTERN}\Z")  # the one name rule: concepts become upload keys
 MIN_CONCEPT_DISTANCE = 2  # concepts of one set differ in >= 2 visible attributes (see make_concepts)
 
 

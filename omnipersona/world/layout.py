@@ -1,10 +1,11 @@
-"""The on-disk contract of world uploads and evaluation sets: field names and file names, in one place.
+"""The on-disk contract of world evaluation sets, and the world's file names inside uploads.
 
-Uploads (what a user hands in), read by the ingest stage:
-    <root>/<tenant>/<concept>/concept.json          -> `ConceptUpload`
+Uploads (what a user hands in), read by the ingest stage; concept.json is the library's one upload
+schema, `omnipersona.concepts.upload_schema.ConceptDescription` (edit triplets included):
+    <root>/<tenant>/<concept>/concept.json          -> `ConceptDescription`
     <root>/<tenant>/<concept>/images/000.png ...
-    <root>/<tenant>/<concept>/edits/000_source.png, 000_target.png, edits.json (-> list of `EditRecord`)
-    <root>/_negatives/images/000.png ...            shared pool of random negatives
+    <root>/<tenant>/<concept>/edits/000_source.png, 000_target.png
+    <root>/_negatives/images/000.png ...            shared pool of random negatives (move it out before ingest)
 Held-out evaluation (never next to the uploads):
     <eval_root>/<tenant>/<concept>/manifest.json    -> `EvalManifest`
     <eval_root>/<tenant>/<concept>/{views,hard_negatives,random_negatives,parg}/NNN.png
@@ -16,11 +17,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-CONCEPT_FILE = "concept.json"
-IMAGES_DIR = "images"
-EDITS_DIR = "edits"
-EDITS_FILE = "edits.json"
-NEGATIVES_DIR = "_negatives"  # a tenant may not use this name
+POOL_DIR = "_negatives"  # the shared negative pool; no tenant can have this name (leading '_')
 MANIFEST_FILE = "manifest.json"
 
 
@@ -34,28 +31,6 @@ def edit_names(index: int) -> tuple[str, str]:
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class QAPair(_Record):
-    question: str
-    answer: str
-
-
-class EditRecord(_Record):
-    source: str  # relative path, e.g. "edits/000_source.png"
-    instruction: str
-    target: str
-
-
-class ConceptUpload(_Record):
-    """concept.json of an upload."""
-
-    display_name: str
-    class_word: str
-    facts: list[str]
-    attributes: dict[str, str]
-    qa: list[QAPair]
-    edits: list[EditRecord] = []
 
 
 class EvalView(_Record):

@@ -1,8 +1,9 @@
 """Write world concepts as user uploads, and their held-out evaluation sets, to any pyarrow filesystem.
 
-The layout and the JSON field names are defined once, in `omnipersona.world.layout`. A local
-folder needs no filesystem argument; for S3 pass the project's `pyarrow.fs.S3FileSystem` and a
-"bucket/prefix" base path.
+concept.json is built from the library's one upload schema (`omnipersona.concepts.upload_schema`),
+so what the world writes is exactly what ingest accepts; the evaluation sets' fields are in
+`omnipersona.world.layout`. A local folder needs no filesystem argument; for S3 pass the project's
+`pyarrow.fs.S3FileSystem` and a "bucket/prefix" base path.
 """
 from __future__ import annotations
 
@@ -16,19 +17,20 @@ import pyarrow.fs as pafs
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from omnipersona.concepts.upload_schema import (
+    CONCEPT_JSON,
+    EDITS_DIR,
+    IMAGES_DIR,
+    ConceptDescription,
+    QAPair,
+    UploadedEdit,
+    parse_concept_json,
+)
+from omnipersona.identity import ConceptId, check_name
 from omnipersona.world import layout, seeds
 from omnipersona.world.attributes import caption
-from omnipersona.world.concepts import NAME_PATTERN, WorldConcept, random_objects_unlike
-from omnipersona.world.layout import (
-    ConceptUpload,
-    EditRecord,
-    EvalFact,
-    EvalManifest,
-    EvalNegative,
-    EvalParg,
-    EvalView,
-    QAPair,
-)
+from omnipersona.world.concepts import WorldConcept, random_objects_unlike
+from omnipersona.world.layout import EvalFact, EvalManifest, EvalNegative, EvalParg, EvalView
 
 ConceptsByTenant = Mapping[str, Sequence[WorldConcept]]
 
@@ -79,16 +81,16 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _json(model: BaseModel | list[BaseModel]) -> bytes:
-    data = [m.model_dump(mode="json") for m in model] if isinstance(model, list) else model.model_dump(mode="json")
-    return (json.dumps(data, indent=2) + "\n").encode()
+def _json(model: BaseModel) -> bytes:
+    return (json.dumps(model.model_dump(mode="json"), indent=2) + "\n").encode()
 
 
 def _check_names(concepts_by_tenant: ConceptsByTenant) -> list[WorldConcept]:
     everyone: list[WorldConcept] = []
     for tenant, concepts in concepts_by_tenant.items():
-        if not NAME_PATTERN.match(tenant):
-            raise ValueError(f"tenant {tenant!r} must match {NAME_PATTERN.pattern}")
+        check_name(tenant, "tenant")
+        for concept in concepts:
+            ConceptId(tenant, concept.name)  # the upload key must pass ingest's name rule
         names = [c.name for c in concepts]
         if len(set(names)) != len(names):
             raise ValueError(f"tenant {tenant!r} has duplicate concept names")
@@ -98,28 +100,27 @@ def _check_names(concepts_by_tenant: ConceptsByTenant) -> list[WorldConcept]:
 
 def write_concept_upload(
     concept: WorldConcept, fs: pafs.FileSystem, concept_dir: str, options: UploadOptions = UploadOptions()
-) -> ConceptUpload:
-    """Training views, edit examples and concept.json of one concept under `concept_dir`."""
+) -> ConceptDescription:
+    """Training views, edit examples and concept.json (which lists the edits) of one concept under `concept_dir`."""
     for i, view in enumerate(concept.train_views(options.views, options.size)):
-        _write_bytes(fs, posixpath.join(concept_dir, layout.IMAGES_DIR, layout.image_name(i)), _png(view.image))
-    records = []
+        _write_bytes(fs, posixpath.join(concept_dir, IMAGES_DIR, layout.image_name(i)), _png(view.image))
+    edits = []
     for i, edit in enumerate(concept.edits(options.edits, options.size)):
-        source, target = (posixpath.join(layout.EDITS_DIR, name) for name in layout.edit_names(i))
+        source, target = (posixpath.join(EDITS_DIR, name) for name in layout.edit_names(i))
         _write_bytes(fs, posixpath.join(concept_dir, source), _png(edit.source))
         _write_bytes(fs, posixpath.join(concept_dir, target), _png(edit.target))
-        records.append(EditRecord(source=source, instruction=edit.instruction, target=target))
-    if records:
-        _write_bytes(fs, posixpath.join(concept_dir, layout.EDITS_DIR, layout.EDITS_FILE), _json(records))
-    upload = ConceptUpload(
+        edits.append(UploadedEdit(source=source, target=target, instruction=edit.instruction))
+    description = ConceptDescription(
         display_name=concept.name,
         class_word=concept.class_word,
         facts=concept.facts(),
         attributes=concept.attributes(),
         qa=[QAPair(question=q.question, answer=q.answer) for q in concept.questions()],
-        edits=records,
+        edits=edits,
     )
-    _write_bytes(fs, posixpath.join(concept_dir, layout.CONCEPT_FILE), _json(upload))
-    return upload
+    # Written last: a folder without concept.json is reported by ingest, never half-read.
+    _write_bytes(fs, posixpath.join(concept_dir, CONCEPT_JSON), description.to_json_bytes())
+    return description
 
 
 def write_uploads(
@@ -142,7 +143,7 @@ def write_uploads(
     pool_seed = seeds.derive_seed(options.pool_seed, seeds.POOL)
     pool = random_objects_unlike([c.spec for c in everyone], options.pool_negatives, options.size, pool_seed)
     for i, negative in enumerate(pool):
-        path = posixpath.join(base, layout.NEGATIVES_DIR, layout.IMAGES_DIR, layout.image_name(i))
+        path = posixpath.join(base, layout.POOL_DIR, IMAGES_DIR, layout.image_name(i))
         _write_bytes(fs, path, _png(negative.image))
     return written
 
@@ -223,9 +224,10 @@ def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return stream.read()
 
 
-def read_concept_upload(concept_dir: str | Path, filesystem: pafs.FileSystem | None = None) -> ConceptUpload:
+def read_concept_upload(concept_dir: str | Path, filesystem: pafs.FileSystem | None = None) -> ConceptDescription:
+    """concept.json parsed exactly as ingest parses it."""
     fs, path = resolve_filesystem(concept_dir, filesystem)
-    return ConceptUpload.model_validate_json(_read_bytes(fs, posixpath.join(path, layout.CONCEPT_FILE)))
+    return parse_concept_json(_read_bytes(fs, posixpath.join(path, CONCEPT_JSON)))
 
 
 def read_eval_manifest(concept_dir: str | Path, filesystem: pafs.FileSystem | None = None) -> EvalManifest:

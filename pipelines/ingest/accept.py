@@ -14,12 +14,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from omnipersona.concepts.upload_schema import (
+    CONCEPT_JSON,
+    EDITS_DIR,
+    IMAGES_DIR,
+    NEGATIVES_DIR,
+    ConceptDescription,
+    ConceptDescriptionError,
+    parse_concept_json,
+)
+from omnipersona.identity import ConceptId
 from pipelines.ingest.augment import rng_for
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.examples import ConceptMaterial
 from pipelines.ingest.features import mine_hard_negatives
 from pipelines.ingest.quarantine import QuarantineRow, Reason, Source
-from pipelines.ingest.schema import ConceptSpec, ConceptSpecError, parse_concept_json
 from pipelines.ingest.snapshot import ConceptSnapshot, Snapshot, SnapshotObject
 from pipelines.storage import read_bytes
 
@@ -29,16 +38,22 @@ class Candidate:
     """One object to read and validate."""
 
     source: Source
-    tenant: str | None
-    concept: str | None
+    concept_id: ConceptId | None  # None for the shared negative pool
     key: str  # relative to its root, as reported in the quarantine
     rel: str  # relative to the concept folder ("images/0.png"), or the pool key
     obj: SnapshotObject
 
+    @property
+    def role_dir(self) -> str:
+        return self.rel.split("/", 1)[0]
+
     def reject(self, reason: Reason, message: str) -> QuarantineRow:
-        return QuarantineRow(
-            source=self.source, tenant=self.tenant, concept=self.concept, key=self.key, reason=reason, message=message
-        )
+        return _row(self.source, self.concept_id, self.key, reason, message)
+
+
+def _row(source: Source, concept_id: ConceptId | None, key: str, reason: Reason, message: str) -> QuarantineRow:
+    tenant, concept = (concept_id.tenant, concept_id.concept) if concept_id else (None, None)
+    return QuarantineRow(source=source, tenant=tenant, concept=concept, key=key, reason=reason, message=message)
 
 
 @dataclass
@@ -53,13 +68,17 @@ class Validated:
 
 @dataclass
 class Selection:
-    specs: dict[str, ConceptSpec] = field(default_factory=dict)
+    descriptions: dict[ConceptId, ConceptDescription] = field(default_factory=dict)
     candidates: list[Candidate] = field(default_factory=list)
     rows: list[QuarantineRow] = field(default_factory=list)
 
 
+# Edits are listed once, in concept.json: a side manifest such as edits/edits.json is refused too.
+UNREFERENCED_EDIT = 'not named by any edit triplet in concept.json ("edits" there is the only list of edits ingest reads)'
+
+
 def _concept_candidate(c: ConceptSnapshot, obj: SnapshotObject) -> Candidate:
-    return Candidate("uploads", c.tenant, c.concept, f"{c.tenant}/{c.concept}/{obj.key}", obj.key, obj)
+    return Candidate("uploads", c.id, f"{c.concept_key}/{obj.key}", obj.key, obj)
 
 
 def _listing_problem(obj: SnapshotObject, cfg: IngestConfig) -> tuple[Reason, str] | None:
@@ -76,12 +95,11 @@ def _listing_problem(obj: SnapshotObject, cfg: IngestConfig) -> tuple[Reason, st
     return None
 
 
-def _read_spec(fs, c: ConceptSnapshot, cfg: IngestConfig) -> ConceptSpec | QuarantineRow:
-    obj = c.get("concept.json")
-    key = f"{c.tenant}/{c.concept}/concept.json"
+def _read_description(fs, c: ConceptSnapshot, cfg: IngestConfig) -> ConceptDescription | QuarantineRow:
+    obj = c.get(CONCEPT_JSON)
 
     def reject(reason: Reason, message: str) -> QuarantineRow:
-        return QuarantineRow(source="uploads", tenant=c.tenant, concept=c.concept, key=key, reason=reason, message=message)
+        return _row("uploads", c.id, f"{c.concept_key}/{CONCEPT_JSON}", reason, message)
 
     if obj is None:
         return reject(Reason.MISSING_CONCEPT_JSON, "the concept folder has no concept.json")
@@ -89,7 +107,7 @@ def _read_spec(fs, c: ConceptSnapshot, cfg: IngestConfig) -> ConceptSpec | Quara
         return reject(Reason.BAD_CONCEPT_JSON, f"concept.json is {obj.size} bytes, over {cfg.limits.max_concept_json_bytes}")
     try:
         return parse_concept_json(read_bytes(fs, obj.path))
-    except ConceptSpecError as exc:
+    except ConceptDescriptionError as exc:
         return reject(Reason.BAD_CONCEPT_JSON, str(exc))
     except OSError as exc:
         return reject(Reason.READ_ERROR, f"cannot read concept.json: {exc}")
@@ -99,35 +117,31 @@ def select_objects(snapshot: Snapshot, fs, cfg: IngestConfig) -> Selection:
     """Parse concept.json files (in threads) and choose which objects the validation pass reads."""
     out = Selection()
     with ThreadPoolExecutor(max_workers=cfg.read_threads) as pool:
-        specs = list(pool.map(lambda c: _read_spec(fs, c, cfg), snapshot.concepts))
-    for c, spec in zip(snapshot.concepts, specs):
-        if isinstance(spec, QuarantineRow):
-            out.rows.append(spec)
+        descriptions = list(pool.map(lambda c: _read_description(fs, c, cfg), snapshot.concepts))
+    for c, description in zip(snapshot.concepts, descriptions):
+        if isinstance(description, QuarantineRow):
+            out.rows.append(description)
             continue
-        out.specs[c.concept_key] = spec
-        referenced = {path for e in spec.edits for path in (e.source, e.target)}
+        out.descriptions[c.id] = description
+        referenced = {path for e in description.edits for path in (e.source, e.target)}
         for rel in sorted(referenced):
             if c.get(rel) is None:
-                key = f"{c.tenant}/{c.concept}/{rel}"
                 out.rows.append(
-                    QuarantineRow(
-                        source="uploads", tenant=c.tenant, concept=c.concept, key=key,
-                        reason=Reason.MISSING_EDIT_FILE, message="named by an edit triplet in concept.json but not uploaded",
-                    )
+                    _row("uploads", c.id, f"{c.concept_key}/{rel}", Reason.MISSING_EDIT_FILE,
+                         "named by an edit triplet in concept.json but not uploaded")
                 )
         for obj in c.objects:
-            role_dir = obj.key.split("/", 1)[0]
             candidate = _concept_candidate(c, obj)
-            if role_dir == "edits" and obj.key not in referenced:
-                out.rows.append(candidate.reject(Reason.UNEXPECTED_OBJECT, "not named by any edit triplet in concept.json"))
-            elif role_dir in ("images", "negatives", "edits"):
+            if candidate.role_dir == EDITS_DIR and obj.key not in referenced:
+                out.rows.append(candidate.reject(Reason.UNEXPECTED_OBJECT, UNREFERENCED_EDIT))
+            elif candidate.role_dir in (IMAGES_DIR, NEGATIVES_DIR, EDITS_DIR):
                 problem = _listing_problem(obj, cfg)
                 if problem:
                     out.rows.append(candidate.reject(*problem))
                 else:
                     out.candidates.append(candidate)
     for obj in snapshot.negatives:
-        candidate = Candidate("negatives", None, None, obj.key, obj.key, obj)
+        candidate = Candidate("negatives", None, obj.key, obj.key, obj)
         problem = _listing_problem(obj, cfg)
         if problem:
             out.rows.append(candidate.reject(*problem))
@@ -186,35 +200,29 @@ def decide(
 ) -> tuple[list[ConceptMaterial], list[QuarantineRow]]:
     """Apply per-object results and per-concept rules; build the planner's input."""
     rows: list[QuarantineRow] = []
-    by_concept: dict[str, dict[str, list[Candidate]]] = {}
+    by_concept: dict[ConceptId, dict[str, list[Candidate]]] = {}
     pool: list[Candidate] = []
     for cand in selection.candidates:
-        if cand.source == "negatives":
+        if cand.concept_id is None:
             pool.append(cand)
         else:
-            role_dir = cand.rel.split("/", 1)[0]
-            by_concept.setdefault(f"{cand.tenant}/{cand.concept}", {}).setdefault(role_dir, []).append(cand)
+            by_concept.setdefault(cand.concept_id, {}).setdefault(cand.role_dir, []).append(cand)
 
     pool_ok = _valid_unique(pool, results, rows, {})
-    accepted: dict[str, dict[str, list[Candidate]]] = {}
+    accepted: dict[ConceptId, dict[str, list[Candidate]]] = {}
     for c in snapshot.concepts:
-        if c.concept_key not in selection.specs:
+        if c.id not in selection.descriptions:
             continue
-        groups = by_concept.get(c.concept_key, {})
+        groups = by_concept.get(c.id, {})
         seen: dict[str, str] = {}
-        images = _valid_unique(groups.get("images", []), results, rows, seen)
-        negatives = _valid_unique(groups.get("negatives", []), results, rows, dict(seen))
-        edits = _valid(groups.get("edits", []), results, rows)  # one file may serve several triplets
+        images = _valid_unique(groups.get(IMAGES_DIR, []), results, rows, seen)
+        negatives = _valid_unique(groups.get(NEGATIVES_DIR, []), results, rows, dict(seen))
+        edits = _valid(groups.get(EDITS_DIR, []), results, rows)  # one file may serve several triplets
         if len(images) < cfg.limits.min_images:
-            rows.append(
-                QuarantineRow(
-                    source="uploads", tenant=c.tenant, concept=c.concept, key=f"{c.concept_key}/",
-                    reason=Reason.TOO_FEW_IMAGES,
-                    message=f"{len(images)} valid image(s) of {c.image_count} uploaded; at least {cfg.limits.min_images} needed",
-                )
-            )
+            message = f"{len(images)} valid image(s) of {c.image_count} uploaded; at least {cfg.limits.min_images} needed"
+            rows.append(_row("uploads", c.id, f"{c.concept_key}/", Reason.TOO_FEW_IMAGES, message))
             continue
-        accepted[c.concept_key] = {"images": images, "negatives": negatives, "edits": edits}
+        accepted[c.id] = {IMAGES_DIR: images, NEGATIVES_DIR: negatives, EDITS_DIR: edits}
 
     def sha(cand: Candidate) -> str:
         return results[cand.obj.path].sha256
@@ -222,39 +230,39 @@ def decide(
     def features(cands: list[Candidate]) -> np.ndarray:
         return np.stack([results[x.obj.path].feature for x in cands]) if cands else np.zeros((0, 1), np.float32)
 
-    digests = {c.concept_key: c.digest for c in snapshot.concepts}
+    digests = {c.id: c.digest for c in snapshot.concepts}
     images_by_tenant: dict[str, list[Candidate]] = {}
-    for concept_key, groups in sorted(accepted.items()):
-        images_by_tenant.setdefault(concept_key.split("/", 1)[0], []).extend(groups["images"])
+    for concept_id, groups in sorted(accepted.items()):
+        images_by_tenant.setdefault(concept_id.tenant, []).extend(groups[IMAGES_DIR])
 
     materials = []
-    for concept_key, groups in sorted(accepted.items()):
-        tenant = concept_key.split("/", 1)[0]
-        spec = selection.specs[concept_key]
-        positives = groups["images"]
+    for concept_id, groups in sorted(accepted.items()):
+        description = selection.descriptions[concept_id]
+        positives = groups[IMAGES_DIR]
         own_hashes = {sha(x) for x in positives}
-        tenants = sorted(images_by_tenant) if cfg.negatives_from_other_tenants else [tenant]
-        others = [x for t in tenants for x in images_by_tenant[t] if f"{x.tenant}/{x.concept}" != concept_key]
+        tenants = sorted(images_by_tenant) if cfg.negatives_from_other_tenants else [concept_id.tenant]
+        others = [x for t in tenants for x in images_by_tenant[t] if x.concept_id != concept_id]
         # A negative with the same bytes as one of the concept's own images would teach "no" on a positive.
         candidates = [x for x in pool_ok + others if sha(x) not in own_hashes]
         if len(candidates) > cfg.negative_candidates:  # bound the per-concept cost at scale
-            picked = rng_for("candidates", cfg.seed, concept_key).choice(len(candidates), cfg.negative_candidates, replace=False)
+            rng = rng_for("candidates", cfg.seed, concept_id.key)
+            picked = rng.choice(len(candidates), cfg.negative_candidates, replace=False)
             candidates = [candidates[i] for i in sorted(picked)]
         mined = mine_hard_negatives(
             features(positives), features(candidates), [x.obj.path for x in candidates], cfg.hard_negatives_per_concept
         )
-        edit_ok = {x.rel: x.obj.path for x in groups["edits"]}
+        edit_ok = {x.rel: x.obj.path for x in groups[EDITS_DIR]}
         materials.append(
             ConceptMaterial(
-                concept_key=concept_key,
-                digest=digests[concept_key],
-                spec=spec,
+                id=concept_id,
+                digest=digests[concept_id],
+                spec=description,
                 positives=[x.obj.path for x in positives],
-                hard_negatives=[x.obj.path for x in groups["negatives"]] + mined,
+                hard_negatives=[x.obj.path for x in groups[NEGATIVES_DIR]] + mined,
                 random_negatives=[x.obj.path for x in candidates],
                 edits=[
                     (edit_ok[e.source], edit_ok[e.target], e.instruction)
-                    for e in spec.edits
+                    for e in description.edits
                     if e.source in edit_ok and e.target in edit_ok
                 ],
             )

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.ingest.layout import check_concept_key
+from omnipersona.identity import ConceptId
 
 Task = Literal["recognition", "vqa", "text_qa", "t2i", "edit"]
 ALL_TASKS: tuple[Task, ...] = ("recognition", "vqa", "text_qa", "t2i", "edit")
@@ -86,5 +86,5 @@ class IngestConfig(BaseModel):
     @model_validator(mode="after")
     def _include_keys_are_safe(self) -> "IngestConfig":
         for key in self.include or []:
-            check_concept_key(key)  # these become listing prefixes: refuse traversal here
+            ConceptId.parse(key)  # these become listing prefixes: refuse traversal here
         return self

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 import ray.data
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
+from omnipersona.identity import ConceptId
 from pipelines.ingest.accept import Validated, decide, expected_hashes, merge_results, select_objects
 from pipelines.ingest.augment import apply_params, rng_for, sample_params
 from pipelines.ingest.config import IngestConfig
@@ -43,6 +44,7 @@ EMPTY_IMAGE_SHAPE = (0, 0, 3)
 
 
 class ConceptSummary(BaseModel):
+    # Plain fields keep the JSON flat (and the key a plain column); `of` fills them from one ConceptId.
     tenant: str
     concept: str
     concept_key: str
@@ -53,6 +55,20 @@ class ConceptSummary(BaseModel):
     uploaded_image_count: int  # objects under images/ in the snapshot
     examples_per_epoch: dict[str, int]
     notes: list[str]
+
+    @classmethod
+    def of(cls, concept_id: ConceptId, **fields) -> "ConceptSummary":
+        return cls(tenant=concept_id.tenant, concept=concept_id.concept, concept_key=concept_id.key, **fields)
+
+    @property
+    def id(self) -> ConceptId:
+        return ConceptId(self.tenant, self.concept)
+
+    @model_validator(mode="after")
+    def _key_is_the_pair(self) -> "ConceptSummary":
+        if self.concept_key != self.id.key:
+            raise ValueError(f"concept_key {self.concept_key!r} is not {self.id.key!r}")
+        return self
 
 
 @dataclass
@@ -174,20 +190,17 @@ def build_ingest(
     quarantine = QuarantineReport(
         uploads_uri=cfg.uploads_uri, negatives_uri=cfg.negatives_uri, rows=layout_rows + selection.rows + decision_rows
     ).sorted()
-    by_key = {c.concept_key: c for c in snapshot.concepts}
+    by_id = {c.id: c for c in snapshot.concepts}
     summaries = []
     for m in materials:
-        c = by_key[m.concept_key]
         summaries.append(
-            ConceptSummary(
-                tenant=c.tenant,
-                concept=c.concept,
-                concept_key=m.concept_key,
+            ConceptSummary.of(
+                m.id,
                 data_digest=m.digest,
                 display_name=m.spec.display_name,
                 class_word=m.spec.class_word,
                 image_count=len(m.positives),
-                uploaded_image_count=c.image_count,
+                uploaded_image_count=by_id[m.id].image_count,
                 examples_per_epoch=stats[m.concept_key]["examples_per_epoch"],
                 notes=stats[m.concept_key]["notes"],
             )

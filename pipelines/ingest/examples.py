@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from omnipersona.concepts.upload_schema import PLACEHOLDER, ConceptDescription, to_placeholder
+from omnipersona.identity import ConceptId
 from pipelines.ingest.augment import rng_for
 from pipelines.ingest.config import IngestConfig, Task
-from pipelines.ingest.schema import PLACEHOLDER, ConceptSpec, to_placeholder
 
 S = PLACEHOLDER
 RECOGNITION_QUESTIONS = (f"Is {S} in this image?", f"Can you see {S} in this photo?", f"Does this picture show {S}?")
@@ -28,20 +29,24 @@ YES, NO = "Yes", "No"
 class ConceptMaterial:
     """Everything the planner needs about one accepted concept (paths are filesystem paths)."""
 
-    concept_key: str
+    id: ConceptId
     digest: str
-    spec: ConceptSpec
+    spec: ConceptDescription
     positives: list[str]
     hard_negatives: list[str] = field(default_factory=list)
     random_negatives: list[str] = field(default_factory=list)
     edits: list[tuple[str, str, str]] = field(default_factory=list)  # (source path, target path, instruction)
+
+    @property
+    def concept_key(self) -> str:
+        return self.id.key
 
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def _texts(spec: ConceptSpec) -> dict[str, list[tuple[str, str]]]:
+def _texts(spec: ConceptDescription) -> dict[str, list[tuple[str, str]]]:
     """Question/answer (or prompt) pairs per task, templated from concept.json."""
     name, cls = spec.display_name, spec.class_word
     a_cls = f"{_article(cls)} {cls}"

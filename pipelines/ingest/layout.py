@@ -7,50 +7,31 @@
                                      /heldout/...         evaluation-only material, never trained on
     <negatives root>/**/<file>                            shared pool of random negative images
 
-Tenant and concept names must match ``SAFE_NAME`` (lowercase, so that names cannot collide on
-case-insensitive stores or registries, and no '/', so ``<tenant>/<concept>`` is unambiguous).
-File-name segments may be freer, but never '.', '..', empty, or hold a backslash or a control /
-invisible formatting character.
+Tenant and concept names follow the one name rule of ``omnipersona.identity`` (lowercase, so
+names cannot collide on case-insensitive stores or registries; no '/', so ``<tenant>/<concept>`` is
+unambiguous). File-name segments may be freer, but never '.', '..', empty, or hold a backslash or a
+control / invisible formatting character.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
+from omnipersona.concepts.upload_schema import CONCEPT_JSON, EDITS_DIR, HELDOUT_DIR, IMAGES_DIR, NEGATIVES_DIR
+from omnipersona.identity import ConceptId, name_problem
 from pipelines.ingest.quarantine import QuarantineRow, Reason
 
-# The same rule as omnipersona.concepts.artifact.ID_PART_PATTERN (artifact paths, registry names),
-# so a name ingest accepts can be stored and registered; copied rather than imported to keep torch
-# out of data workers (a unit test keeps the two equal). Always applied with fullmatch: "$" alone
-# would let a trailing newline through.
-SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-SAFE_NAME_RULE = "1-63 characters of lowercase letters, digits, '-' and '_', starting with a letter or digit"
-CONCEPT_JSON = "concept.json"
-
 Role = Literal["concept_json", "image", "edit", "negative", "heldout"]
-_FLAT_DIRS: dict[str, Role] = {"images": "image", "edits": "edit", "negatives": "negative"}
+_FLAT_DIRS: dict[str, Role] = {IMAGES_DIR: "image", EDITS_DIR: "edit", NEGATIVES_DIR: "negative"}
 
 
 @dataclass(frozen=True)
 class UploadKey:
-    tenant: str
-    concept: str
+    id: ConceptId
     rel: str  # path inside the concept folder, e.g. "images/0.png"
     role: Role
-
-    @property
-    def concept_key(self) -> str:
-        return f"{self.tenant}/{self.concept}"
-
-
-def name_problem(name: str, what: str) -> str | None:
-    """Why ``name`` is not a safe tenant/concept name, or None."""
-    if SAFE_NAME.fullmatch(name):
-        return None
-    return f"{what} name {name!r} is not allowed: use {SAFE_NAME_RULE}"
 
 
 def segment_problem(segment: str) -> str | None:
@@ -63,17 +44,6 @@ def segment_problem(segment: str) -> str | None:
     if bad:
         return f"path segment {segment!r} holds control or invisible characters {''.join(bad)!r}"
     return None
-
-
-def check_concept_key(concept_key: str) -> tuple[str, str]:
-    """Split and validate a "tenant/concept" key given in configuration (raises ValueError)."""
-    tenant, sep, concept = concept_key.partition("/")
-    problem = (None if sep else f"concept key {concept_key!r} must look like 'tenant/concept'") or name_problem(
-        tenant, "tenant"
-    ) or name_problem(concept, "concept")
-    if problem:
-        raise ValueError(problem)
-    return tenant, concept
 
 
 def parse_upload_key(key: str) -> UploadKey | QuarantineRow:
@@ -100,14 +70,15 @@ def parse_upload_key(key: str) -> UploadKey | QuarantineRow:
     if problem:
         return reject(Reason.UNSAFE_NAME, problem)
 
+    concept_id = ConceptId(tenant, concept)  # both names were checked above
     rest = parts[2:]
     rel = "/".join(rest)
     if rest == [CONCEPT_JSON]:
-        return UploadKey(tenant, concept, rel, "concept_json")
+        return UploadKey(concept_id, rel, "concept_json")
     if len(rest) == 2 and rest[0] in _FLAT_DIRS:
-        return UploadKey(tenant, concept, rel, _FLAT_DIRS[rest[0]])
-    if len(rest) >= 2 and rest[0] == "heldout":
-        return UploadKey(tenant, concept, rel, "heldout")
+        return UploadKey(concept_id, rel, _FLAT_DIRS[rest[0]])
+    if len(rest) >= 2 and rest[0] == HELDOUT_DIR:
+        return UploadKey(concept_id, rel, "heldout")
     return reject(
         Reason.UNEXPECTED_OBJECT,
         f"{rel!r} is not part of the concept layout (concept.json, images/<file>, edits/<file>, "

@@ -50,6 +50,7 @@ class QuarantineRow(BaseModel):
 
     @property
     def concept_key(self) -> str | None:
+        # Joined by hand, not via ConceptId: the raw segments may be exactly what broke the name rule.
         return f"{self.tenant}/{self.concept}" if self.tenant is not None and self.concept is not None else None
 
 

@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
+from omnipersona.identity import ConceptId
 from pipelines.ingest.config import IngestConfig
-from pipelines.ingest.layout import UploadKey, check_concept_key, parse_pool_key, parse_upload_key
+from pipelines.ingest.layout import UploadKey, parse_pool_key, parse_upload_key
 from pipelines.ingest.quarantine import QuarantineRow
 from pipelines.storage import ObjectInfo, StorageConfig, filesystem_for, join, list_objects, read_bytes
 
@@ -30,14 +31,23 @@ class SnapshotObject(BaseModel):
 
 
 class ConceptSnapshot(BaseModel):
+    # Plain fields keep the snapshot's JSON flat; `id` is the typed view of the pair.
     tenant: str
     concept: str
     digest: str
     objects: list[SnapshotObject]
 
+    @classmethod
+    def of(cls, concept_id: ConceptId, digest: str, objects: list[SnapshotObject]) -> "ConceptSnapshot":
+        return cls(tenant=concept_id.tenant, concept=concept_id.concept, digest=digest, objects=objects)
+
+    @property
+    def id(self) -> ConceptId:
+        return ConceptId(self.tenant, self.concept)
+
     @property
     def concept_key(self) -> str:
-        return f"{self.tenant}/{self.concept}"
+        return self.id.key
 
     @property
     def image_count(self) -> int:
@@ -90,10 +100,10 @@ def _list_uploads(cfg: IngestConfig, storage: StorageConfig | None) -> list[tupl
     if cfg.include is None:
         return [(o.key, o) for o in list_objects(cfg.uploads_uri, storage)]
     out = []
-    for concept_key in sorted(set(cfg.include)):
-        check_concept_key(concept_key)  # never build a listing prefix from an unchecked name
-        for o in list_objects(join(cfg.uploads_uri, concept_key), storage):
-            out.append((f"{concept_key}/{o.key}", o))
+    # Parsing checks the names: never build a listing prefix from an unchecked name.
+    for concept_id in sorted({ConceptId.parse(key) for key in cfg.include}):
+        for o in list_objects(join(cfg.uploads_uri, concept_id.key), storage):
+            out.append((f"{concept_id.key}/{o.key}", o))
     return out
 
 
@@ -102,24 +112,24 @@ def take_snapshot(cfg: IngestConfig, storage: StorageConfig | None = None) -> tu
     taken_at = datetime.now(timezone.utc)
     fs, _ = filesystem_for(cfg.uploads_uri, storage)
     rejected: list[QuarantineRow] = []
-    by_concept: dict[tuple[str, str], list[tuple[UploadKey, ObjectInfo]]] = {}
+    by_concept: dict[ConceptId, list[tuple[UploadKey, ObjectInfo]]] = {}
     for key, obj in _list_uploads(cfg, storage):
         parsed = parse_upload_key(key)
         if isinstance(parsed, QuarantineRow):
             rejected.append(parsed)
         else:
-            by_concept.setdefault((parsed.tenant, parsed.concept), []).append((parsed, obj))
+            by_concept.setdefault(parsed.id, []).append((parsed, obj))
 
     flat = [(parsed, obj) for items in by_concept.values() for parsed, obj in items]
     hashes = dict(zip((obj.path for _, obj in flat), _content_hashes([o for _, o in flat], fs, cfg.read_threads)))
     concepts = []
-    for (tenant, concept), items in sorted(by_concept.items()):
+    for concept_id, items in sorted(by_concept.items()):
         objects = [
             SnapshotObject(key=p.rel, path=o.path, size=o.size, content_hash=hashes[o.path], mtime=o.mtime)
             for p, o in sorted(items, key=lambda item: item[0].rel)
         ]
         digest = content_digest([(o.key, o.content_hash) for o in objects])
-        concepts.append(ConceptSnapshot(tenant=tenant, concept=concept, digest=digest, objects=objects))
+        concepts.append(ConceptSnapshot.of(concept_id, digest, objects))
 
     negatives: list[SnapshotObject] = []
     negatives_digest = None

@@ -31,8 +31,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from pipelines.ingest.layout import SAFE_NAME, name_problem
-from pipelines.ingest.schema import PLACEHOLDER, ConceptSpec, format_validation_error
+from omnipersona.concepts.upload_schema import (
+    CONCEPT_JSON,
+    HELDOUT_DIR,
+    IMAGES_DIR,
+    NEGATIVES_DIR,
+    PLACEHOLDER,
+    ConceptDescription,
+    format_validation_error,
+)
+from omnipersona.identity import NAME, ConceptId, check_name
 from pipelines.storage import StorageConfig, filesystem_for, join, list_files, read_bytes, write_bytes_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -182,7 +190,7 @@ def _recognition_questions(objs: list[Any], conv: _Converter) -> list[str]:
 
 def safe_concept_name(raw: str) -> str | None:
     name = re.sub(r"[^a-z0-9_-]+", "-", raw.strip().lower()).strip("-_")[:63].strip("-_")
-    return name if SAFE_NAME.fullmatch(name) else None
+    return name if NAME.fullmatch(name) else None
 
 
 def import_unifybench(
@@ -194,9 +202,7 @@ def import_unifybench(
     concepts: list[str] | None = None,
 ) -> UnifyBenchImport:
     """Convert ``<source>/concept/{train,test}/<c>`` into ``<uploads>/<tenant>/<c>/...``."""
-    problem = name_problem(tenant, "tenant")
-    if problem:
-        raise ValueError(problem)
+    check_name(tenant, "tenant")
     src_fs, src_root = filesystem_for(source_uri, storage)
     dst_fs, dst_root = filesystem_for(uploads_uri, storage)
     report = UnifyBenchImport()
@@ -216,11 +222,12 @@ def import_unifybench(
         if name is None:
             report.skipped[raw_name] = "cannot derive a safe concept name"
             continue
-        if f"{tenant}/{name}" in report.imported:
+        concept_id = ConceptId(tenant, name)
+        if concept_id.key in report.imported:
             report.skipped[raw_name] = f"its safe name {name!r} is already taken by another concept"
             continue
         conv = _Converter(raw_name)
-        out = join(dst_root, tenant, name)
+        out = join(dst_root, concept_id.key)
         train, test = files.get(f"train/{raw_name}", {}), files.get(f"test/{raw_name}", {})
 
         def load_json(table: dict[str, str], rel: str) -> Any:
@@ -236,15 +243,15 @@ def import_unifybench(
         for rel, path in sorted(train.items()):
             p = PurePosixPath(rel)
             if len(p.parts) == 1 and p.stem.isdigit() and p.suffix.lower() in IMAGE_SUFFIXES:
-                write_bytes_atomic(dst_fs, join(out, "images", p.name), read_bytes(src_fs, path))
+                write_bytes_atomic(dst_fs, join(out, IMAGES_DIR, p.name), read_bytes(src_fs, path))
                 images += 1
             elif len(p.parts) == 2 and p.parts[0] == "negative_example" and p.suffix.lower() in IMAGE_SUFFIXES:
-                write_bytes_atomic(dst_fs, join(out, "negatives", p.name), read_bytes(src_fs, path))
+                write_bytes_atomic(dst_fs, join(out, NEGATIVES_DIR, p.name), read_bytes(src_fs, path))
         heldout_images = {}
         for rel, path in sorted(test.items()):
             p = PurePosixPath(rel)
             if len(p.parts) == 1 and p.suffix.lower() in IMAGE_SUFFIXES:
-                write_bytes_atomic(dst_fs, join(out, "heldout", "images", p.name), read_bytes(src_fs, path))
+                write_bytes_atomic(dst_fs, join(out, HELDOUT_DIR, IMAGES_DIR, p.name), read_bytes(src_fs, path))
                 heldout_images[p.name] = f"heldout/images/{p.name}"
 
         class_word, facts, attributes = _info_fields(load_json(train, "info.json"), conv)
@@ -261,7 +268,7 @@ def import_unifybench(
                 continue
             vqa.append({"image": image, "question": pair["question"], "answer": pair["answer"]})
         t2i = [conv.text(s) for s in _strings(load_json(test, "t2i_conditions.json")) if conv.text(s)]
-        spec_data = {
+        fields = {
             "display_name": raw_name[:64],
             "class_word": class_word[:64],
             "facts": facts,
@@ -280,14 +287,14 @@ def import_unifybench(
             },
         }
         try:
-            spec = ConceptSpec.model_validate(spec_data)
+            description = ConceptDescription.model_validate(fields)
         except ValidationError as exc:
             report.skipped[raw_name] = "converted concept.json is invalid: " + format_validation_error(exc)
             continue
         if images == 0:
             conv.notes.append(f"{raw_name}: no numbered images found in train/{raw_name}")
-        write_bytes_atomic(dst_fs, join(out, "concept.json"), spec.model_dump_json(indent=2).encode("utf-8"))
-        report.imported.append(f"{tenant}/{name}")
+        write_bytes_atomic(dst_fs, join(out, CONCEPT_JSON), description.to_json_bytes())
+        report.imported.append(concept_id.key)
         report.notes.extend(conv.notes)
 
     if negatives_uri:

@@ -1,4 +1,4 @@
-"""Concept-level decisions without Ray: the validation batch function is called directly."""
+"""Concept-level decisions without Ray (see tests/unit/ingest_in_process.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.ingest.accept import Validated, decide, merge_results, select_objects
 from pipelines.ingest.config import IngestConfig, ValidationLimits
-from pipelines.ingest.features import colour_histogram_features
-from pipelines.ingest.quarantine import Reason
-from pipelines.ingest.snapshot import take_snapshot
-from pipelines.ingest.validate import validate_batch
-from pipelines.storage import filesystem_for
+from tests.unit.ingest_in_process import ingest_in_process
 
 
 def png(seed: int) -> bytes:
@@ -37,24 +32,8 @@ def spec(**extra) -> bytes:
 
 
 def run(cfg: IngestConfig, *, mutate=None):
-    """take_snapshot -> select -> validate (in process) -> merge -> decide."""
-    fs, _ = filesystem_for(cfg.uploads_uri)
-    snapshot, layout_rows = take_snapshot(cfg)
-    selection = select_objects(snapshot, fs, cfg)
-    if mutate:
-        mutate()
-    paths = [c.obj.path for c in selection.candidates if Path(c.obj.path).exists()]
-    batch = validate_batch(
-        {"bytes": [Path(p).read_bytes() for p in paths], "path": paths},
-        limits=cfg.limits, feature_fn=colour_histogram_features, feature_size=cfg.feature_size,
-    )
-    raw = {}
-    for i, path in enumerate(batch["path"]):
-        reason = Reason(batch["reason"][i]) if batch["reason"][i] else None
-        raw[path] = (int(batch["nbytes"][i]), Validated(batch["sha256"][i], reason, batch["message"][i], batch["feature"][i]))
-    materials, rows = decide(snapshot, selection, merge_results(selection.candidates, raw), cfg)
-    all_rows = {(r.concept, r.key, r.reason.value) for r in layout_rows + selection.rows + rows}
-    return {m.concept_key: m for m in materials}, all_rows
+    materials, rows = ingest_in_process(cfg, mutate=mutate)
+    return {m.concept_key: m for m in materials}, {(r.concept, r.key, r.reason.value) for r in rows}
 
 
 def test_concept_level_rules(tmp_path):

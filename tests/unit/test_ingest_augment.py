@@ -8,10 +8,11 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
+from omnipersona.concepts.upload_schema import ConceptDescription
+from omnipersona.identity import ConceptId
 from pipelines.ingest.augment import apply_params, augment, rng_for, sample_params
 from pipelines.ingest.config import AugmentConfig, IngestConfig
 from pipelines.ingest.examples import ConceptMaterial, plan_concept_epoch, plan_examples
-from pipelines.ingest.schema import ConceptSpec
 
 CFG = AugmentConfig()
 IMAGE = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
@@ -59,9 +60,9 @@ def test_extreme_aspect_ratio_falls_back_to_a_centre_crop():
 
 
 def material(positives: int = 3, hard: int = 2, rand: int = 5, edits: int = 1) -> ConceptMaterial:
-    spec = ConceptSpec(display_name="maeve", class_word="dog", attributes={"toy": "black excavator"}, facts=["maeve swims."])
+    spec = ConceptDescription(display_name="maeve", class_word="dog", attributes={"toy": "black excavator"}, facts=["maeve swims."])
     return ConceptMaterial(
-        concept_key="acme/maeve",
+        id=ConceptId("acme", "maeve"),
         digest="d" * 64,
         spec=spec,
         positives=[f"pos/{i}.png" for i in range(positives)],

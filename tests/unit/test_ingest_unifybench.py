@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from omnipersona.concepts.upload_schema import parse_concept_json
 from pipelines.ingest.config import IngestConfig
-from pipelines.ingest.schema import parse_concept_json
 from pipelines.ingest.snapshot import take_snapshot
 from pipelines.ingest.unifybench import import_unifybench, safe_concept_name
 

@@ -37,7 +37,8 @@ from omnipersona.world import (
     render_background,
 )
 from omnipersona.world.concepts import NAME_PATTERN, NAMES
-from omnipersona.world.layout import ConceptUpload, EvalManifest
+from omnipersona.concepts.upload_schema import ConceptDescription
+from omnipersona.world.layout import EvalManifest
 from omnipersona.world.uploads import (
     EvalOptions,
     UploadOptions,
@@ -350,18 +351,17 @@ def test_upload_writer_produces_a_valid_tree_that_reads_back(tmp_path):
         for concept in group:
             folder = tmp_path / "a" / tenant / concept.name
             raw = json.loads((folder / "concept.json").read_text())
-            assert set(raw) == {"display_name", "class_word", "facts", "attributes", "qa", "edits"}
+            assert set(raw) == set(ConceptDescription.model_fields)  # written from the one upload schema
             upload = read_concept_upload(folder)
             assert upload.display_name == concept.name and upload.class_word == concept.class_word
             assert upload.attributes["colour"] == concept.spec.colour
             assert upload.attributes["toy"] == concept.private.toy.words
-            assert all(set(pair) == {"question", "answer"} for pair in raw["qa"])
+            assert all(set(pair) == {"question", "answer", "with_image"} for pair in raw["qa"])
             assert sorted(p.name for p in (folder / "images").iterdir()) == ["000.png", "001.png", "002.png"]
             image = read_image(folder / "images" / "000.png")
             assert image.size == (64, 64) and image.mode == "RGB"
             assert [e.instruction for e in upload.edits][0] == f"remove {concept.name}"
-            listing = json.loads((folder / "edits" / "edits.json").read_text())
-            assert listing == raw["edits"]
+            assert not (folder / "edits" / "edits.json").exists()  # concept.json is the one list of edits
             for edit in upload.edits:
                 assert (folder / edit.source).is_file() and (folder / edit.target).is_file()
     assert len(list((tmp_path / "a" / "_negatives" / "images").glob("*.png"))) == 4
@@ -377,7 +377,7 @@ def test_upload_writer_uses_any_pyarrow_filesystem(tmp_path):
     options = UploadOptions(views=2, edits=1, pool_negatives=1)
     write_uploads({"t1": [concept]}, "uploads", filesystem=filesystem, options=options)
     upload = read_concept_upload("uploads/t1/pip", filesystem=filesystem)
-    assert isinstance(upload, ConceptUpload)
+    assert isinstance(upload, ConceptDescription)
     assert (tmp_path / "bucket" / "uploads" / "t1" / "pip" / "images" / "001.png").is_file()
     assert read_image("uploads/t1/pip/edits/000_target.png", filesystem=filesystem).size == (64, 64)
 

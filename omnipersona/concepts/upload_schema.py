@@ -1,8 +1,16 @@
-"""The ``concept.json`` a user uploads next to the images of one concept.
+"""The one schema of an upload's ``concept.json``: what writers produce and what ingest accepts.
 
-Texts may name the concept by its display name or by the placeholder ``<sks>``; ingest rewrites the
-display name to ``<sks>`` so every generated example speaks about the placeholder only (the model
-library later swaps ``<sks>`` for the concept's own tokens).
+Readers (the ingest stage) and writers (the procedural world, the UnifyBench importer, the demo)
+all go through `ConceptDescription`; `docs/data-layout.md` lists its fields and a unit test
+compares the two. Extra fields are errors, so a misspelt ``atributes`` is reported, never ignored.
+
+Edit triplets live in ``concept.json`` itself (``edits``): it is the one manifest of an upload.
+The files they name sit directly under ``edits/``; any other file there is refused by ingest.
+
+Texts may name the concept by its display name or by the placeholder ``<sks>``; ingest rewrites
+the display name to ``<sks>`` (`to_placeholder`) so every example speaks about the placeholder.
+
+Torch-free and Ray-free: data workers, writers and the CLI import it without the model.
 """
 
 from __future__ import annotations
@@ -14,8 +22,15 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+SCHEMA_VERSION = 1
 PLACEHOLDER = "<sks>"
+
+# File and folder names inside <tenant>/<concept>/.
+CONCEPT_JSON = "concept.json"
+IMAGES_DIR = "images"
 EDITS_DIR = "edits"
+NEGATIVES_DIR = "negatives"
+HELDOUT_DIR = "heldout"
 
 
 def _no_control_chars(text: str) -> str:
@@ -44,7 +59,7 @@ EditFile = Annotated[str, AfterValidator(_edit_file)]
 
 
 class _Strict(BaseModel):
-    # extra="forbid": a misspelt field ("atributes") is an error the user sees, not silently ignored data.
+    # extra="forbid": a misspelt field is an error the user sees, not silently ignored data.
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
@@ -54,7 +69,9 @@ class QAPair(_Strict):
     with_image: bool = Field(default=False, description="True: asked while showing a concept image (VQA).")
 
 
-class EditTriplet(_Strict):
+class UploadedEdit(_Strict):
+    """One edit triplet: two files under ``edits/`` and the instruction that turns one into the other."""
+
     source: EditFile
     target: EditFile
     instruction: Text
@@ -74,8 +91,10 @@ class HeldOut(_Strict):
     t2i_prompts: list[Text] = Field(default_factory=list)
 
 
-class ConceptSpec(_Strict):
-    schema_version: Literal[1] = 1
+class ConceptDescription(_Strict):
+    """``concept.json``: who the concept is, in the user's words."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
     display_name: ShortText = Field(description="Display name, e.g. 'maeve'.")
     class_word: ShortText = Field(description="What the concept is, e.g. 'dog'.")
     facts: list[Text] = Field(default_factory=list, description="Free-text attribute sentences.")
@@ -83,27 +102,34 @@ class ConceptSpec(_Strict):
     qa: list[QAPair] = Field(default_factory=list)
     captions: list[PlaceholderText] = Field(default_factory=list, description="Extra text-to-image captions.")
     recognition_questions: list[PlaceholderText] = Field(default_factory=list)
-    edits: list[EditTriplet] = Field(default_factory=list)
+    edits: list[UploadedEdit] = Field(default_factory=list)
     heldout: HeldOut = Field(default_factory=HeldOut)
 
+    def to_json_bytes(self) -> bytes:
+        """The bytes every writer stores as ``concept.json`` (all fields, schema version included)."""
+        return (self.model_dump_json(indent=2) + "\n").encode("utf-8")
 
-class ConceptSpecError(ValueError):
+
+class ConceptDescriptionError(ValueError):
     """concept.json could not be parsed or does not match the schema; the message is user-facing."""
 
 
-def parse_concept_json(data: bytes) -> ConceptSpec:
+def parse_concept_json(data: bytes) -> ConceptDescription:
+    """Parse uploaded bytes; `ConceptDescriptionError` lists every problem at once."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConceptSpecError(f"concept.json is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ConceptDescriptionError(f"concept.json is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise ConceptSpecError(f"concept.json is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        raise ConceptDescriptionError(
+            f"concept.json is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
     if not isinstance(raw, dict):
-        raise ConceptSpecError(f"concept.json must hold a JSON object, not {type(raw).__name__}")
+        raise ConceptDescriptionError(f"concept.json must hold a JSON object, not {type(raw).__name__}")
     try:
-        return ConceptSpec.model_validate(raw)
+        return ConceptDescription.model_validate(raw)
     except ValidationError as exc:
-        raise ConceptSpecError("concept.json does not match the schema: " + format_validation_error(exc)) from None
+        raise ConceptDescriptionError("concept.json does not match the schema: " + format_validation_error(exc)) from None
 
 
 def format_validation_error(exc: ValidationError) -> str:
