@@ -26,6 +26,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -206,16 +207,8 @@ def import_unifybench(
     src_fs, src_root = filesystem_for(source_uri, storage)
     dst_fs, dst_root = filesystem_for(uploads_uri, storage)
     report = UnifyBenchImport()
-
-    files: dict[str, dict[str, str]] = {}  # "train/<c>" or "test/<c>" -> {relative path: fs path}
-    concept_root = join(src_root, "concept")
-    for info in list_files(src_fs, concept_root):
-        rel = info.path[len(concept_root) + 1 :].split("/")
-        if len(rel) >= 3 and rel[0] in ("train", "test"):
-            files.setdefault(f"{rel[0]}/{rel[1]}", {})["/".join(rel[2:])] = info.path
-
-    train_names = sorted({k.split("/", 1)[1] for k in files if k.startswith("train/")})
-    for raw_name in train_names:
+    files = _concept_files(src_fs, join(src_root, "concept"))
+    for raw_name in sorted({k.split("/", 1)[1] for k in files if k.startswith("train/")}):
         if concepts is not None and raw_name not in concepts:
             continue
         name = safe_concept_name(raw_name)
@@ -226,84 +219,119 @@ def import_unifybench(
         if concept_id.key in report.imported:
             report.skipped[raw_name] = f"its safe name {name!r} is already taken by another concept"
             continue
-        conv = _Converter(raw_name)
+        source = _SourceConcept(raw_name, src_fs, files.get(f"train/{raw_name}", {}), files.get(f"test/{raw_name}", {}))
         out = join(dst_root, concept_id.key)
-        train, test = files.get(f"train/{raw_name}", {}), files.get(f"test/{raw_name}", {})
+        images, heldout_images = source.copy_images(dst_fs, out)
+        try:
+            description = ConceptDescription.model_validate(source.description_fields(heldout_images))
+        except ValidationError as exc:
+            report.skipped[raw_name] = "converted concept.json is invalid: " + format_validation_error(exc)
+            continue
+        if images == 0:
+            source.conv.notes.append(f"{raw_name}: no numbered images found in train/{raw_name}")
+        write_bytes_atomic(dst_fs, join(out, CONCEPT_JSON), description.to_json_bytes())
+        report.imported.append(concept_id.key)
+        report.notes.extend(source.conv.notes)
+    if negatives_uri:
+        report.negatives_copied = _copy_negative_pool(src_fs, join(src_root, "random_images"), *filesystem_for(negatives_uri, storage))
+    report.imported.sort()
+    return report
 
-        def load_json(table: dict[str, str], rel: str) -> Any:
-            if rel not in table:
-                return None
-            try:
-                return json.loads(read_bytes(src_fs, table[rel]).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                conv.notes.append(f"{raw_name}: {rel} is not readable JSON ({exc}); ignored")
-                return None
 
+def _concept_files(fs, concept_root: str) -> dict[str, dict[str, str]]:
+    """"train/<c>" or "test/<c>" -> {path relative to that folder: filesystem path}."""
+    files: dict[str, dict[str, str]] = {}
+    for info in list_files(fs, concept_root):
+        rel = info.path[len(concept_root) + 1 :].split("/")
+        if len(rel) >= 3 and rel[0] in ("train", "test"):
+            files.setdefault(f"{rel[0]}/{rel[1]}", {})["/".join(rel[2:])] = info.path
+    return files
+
+
+@dataclass
+class _SourceConcept:
+    """One UnifyBench concept's train/ and test/ files, read and converted on demand."""
+
+    raw_name: str
+    fs: Any
+    train: dict[str, str]
+    test: dict[str, str]
+
+    def __post_init__(self):
+        self.conv = _Converter(self.raw_name)
+
+    def load_json(self, table: dict[str, str], rel: str) -> Any:
+        if rel not in table:
+            return None
+        try:
+            return json.loads(read_bytes(self.fs, table[rel]).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.conv.notes.append(f"{self.raw_name}: {rel} is not readable JSON ({exc}); ignored")
+            return None
+
+    def copy_images(self, dst_fs, out: str) -> tuple[int, dict[str, str]]:
+        """Reference images, concept negatives and held-out test images into the upload layout.
+        Returns (reference images copied, test image name -> its path inside the concept folder)."""
         images = 0
-        for rel, path in sorted(train.items()):
+        for rel, path in sorted(self.train.items()):
             p = PurePosixPath(rel)
             if len(p.parts) == 1 and p.stem.isdigit() and p.suffix.lower() in IMAGE_SUFFIXES:
-                write_bytes_atomic(dst_fs, join(out, IMAGES_DIR, p.name), read_bytes(src_fs, path))
+                write_bytes_atomic(dst_fs, join(out, IMAGES_DIR, p.name), read_bytes(self.fs, path))
                 images += 1
             elif len(p.parts) == 2 and p.parts[0] == "negative_example" and p.suffix.lower() in IMAGE_SUFFIXES:
-                write_bytes_atomic(dst_fs, join(out, NEGATIVES_DIR, p.name), read_bytes(src_fs, path))
+                write_bytes_atomic(dst_fs, join(out, NEGATIVES_DIR, p.name), read_bytes(self.fs, path))
         heldout_images = {}
-        for rel, path in sorted(test.items()):
+        for rel, path in sorted(self.test.items()):
             p = PurePosixPath(rel)
             if len(p.parts) == 1 and p.suffix.lower() in IMAGE_SUFFIXES:
-                write_bytes_atomic(dst_fs, join(out, HELDOUT_DIR, IMAGES_DIR, p.name), read_bytes(src_fs, path))
+                write_bytes_atomic(dst_fs, join(out, HELDOUT_DIR, IMAGES_DIR, p.name), read_bytes(self.fs, path))
                 heldout_images[p.name] = f"heldout/images/{p.name}"
+        return images, heldout_images
 
-        class_word, facts, attributes = _info_fields(load_json(train, "info.json"), conv)
+    def description_fields(self, heldout_images: dict[str, str]) -> dict:
+        """The concept.json fields (validated by the caller) from info.json and the QA files."""
+        conv, train, test = self.conv, self.train, self.test
+        class_word, facts, attributes = _info_fields(self.load_json(train, "info.json"), conv)
         if not class_word:
             class_word = "object"
-            conv.notes.append(f"{raw_name}: no class word found in info.json; using 'object'")
+            conv.notes.append(f"{self.raw_name}: no class word found in info.json; using 'object'")
         vqa = []
-        for pair in conv.qa(load_json(test, "vqa.json"), "test/vqa.json"):
+        for pair in conv.qa(self.load_json(test, "vqa.json"), "test/vqa.json"):
             image = heldout_images.get(pair["image"] or "")
             if image is None and len(heldout_images) == 1:
                 image = next(iter(heldout_images.values()))  # a single test image needs no reference
             if image is None:
-                conv.notes.append(f"{raw_name}: VQA pair without a matching test image skipped: {pair['question'][:60]!r}")
+                conv.notes.append(f"{self.raw_name}: VQA pair without a matching test image skipped: {pair['question'][:60]!r}")
                 continue
             vqa.append({"image": image, "question": pair["question"], "answer": pair["answer"]})
-        t2i = [conv.text(s) for s in _strings(load_json(test, "t2i_conditions.json")) if conv.text(s)]
-        fields = {
-            "display_name": raw_name[:64],
+        t2i = [conv.text(s) for s in _strings(self.load_json(test, "t2i_conditions.json")) if conv.text(s)]
+        return {
+            "display_name": self.raw_name[:64],
             "class_word": class_word[:64],
             "facts": facts,
             "attributes": attributes,
             "qa": [
                 {k: p[k] for k in ("question", "answer", "with_image")}
-                for p in conv.qa(load_json(train, "conversations.json"), "train/conversations.json")
+                for p in conv.qa(self.load_json(train, "conversations.json"), "train/conversations.json")
             ],
             "recognition_questions": _recognition_questions(
-                [load_json(train, "positive_recognitions.json"), load_json(train, "random_recognitions.json")], conv
+                [self.load_json(train, "positive_recognitions.json"), self.load_json(train, "random_recognitions.json")], conv
             ),
             "heldout": {
-                "text_qa": [{"question": p["question"], "answer": p["answer"]} for p in conv.qa(load_json(test, "text_only.json"), "test/text_only.json")],
+                "text_qa": [{"question": p["question"], "answer": p["answer"]}
+                            for p in conv.qa(self.load_json(test, "text_only.json"), "test/text_only.json")],
                 "vqa": vqa,
                 "t2i_prompts": [t for t in t2i if len(t) <= MAX_TEXT],
             },
         }
-        try:
-            description = ConceptDescription.model_validate(fields)
-        except ValidationError as exc:
-            report.skipped[raw_name] = "converted concept.json is invalid: " + format_validation_error(exc)
-            continue
-        if images == 0:
-            conv.notes.append(f"{raw_name}: no numbered images found in train/{raw_name}")
-        write_bytes_atomic(dst_fs, join(out, CONCEPT_JSON), description.to_json_bytes())
-        report.imported.append(concept_id.key)
-        report.notes.extend(conv.notes)
 
-    if negatives_uri:
-        neg_fs, neg_root = filesystem_for(negatives_uri, storage)
-        pool_root = join(src_root, "random_images")
-        for info in list_files(src_fs, pool_root):
-            rel = info.path[len(pool_root) + 1 :]
-            if PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES and "/" not in rel:
-                write_bytes_atomic(neg_fs, join(neg_root, "unifybench", rel), read_bytes(src_fs, info.path))
-                report.negatives_copied += 1
-    report.imported.sort()
-    return report
+
+def _copy_negative_pool(src_fs, pool_root: str, neg_fs, neg_root: str) -> int:
+    """UnifyBench's shared random images into the job's negative pool; returns how many."""
+    copied = 0
+    for info in list_files(src_fs, pool_root):
+        rel = info.path[len(pool_root) + 1 :]
+        if PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES and "/" not in rel:
+            write_bytes_atomic(neg_fs, join(neg_root, "unifybench", rel), read_bytes(src_fs, info.path))
+            copied += 1
+    return copied
