@@ -231,9 +231,17 @@ def test_ingest_quarantines_exactly_the_bad_inputs_and_streams_examples(messy_bu
     # Same config, same examples (the stream is recomputed, augmentation is seeded).
     again = build_ingest(cfg, server.storage_config()).dataset.take_all()
     key = lambda r: (r["concept_key"], r["epoch"], r["draw_index"])  # noqa: E731
+    assert len(again) == len(rows) == len({key(r) for r in rows})  # as many rows, each key once
+    columns = {"concept_key", "task", "prompt", "answer", "image", "target_image", "data_digest", "epoch",
+               "draw_index", "image_path", "target_path"}
     for a, b in zip(sorted(rows, key=key), sorted(again, key=key)):
-        assert a["prompt"] == b["prompt"] and np.array_equal(a["image"], b["image"])
-        assert np.array_equal(a["target_image"], b["target_image"])
+        assert a.keys() == b.keys() == columns
+        for name in columns:  # every field, images bit for bit
+            if isinstance(a[name], np.ndarray):
+                assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, (key(a), name)
+                assert np.array_equal(a[name], b[name]), (key(a), name)
+            else:
+                assert a[name] == b[name], (key(a), name)
 
 
 def test_unifybench_import_runs_through_the_same_pipeline_on_a_local_folder(ray_session, tmp_path):

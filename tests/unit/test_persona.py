@@ -157,3 +157,140 @@ def test_training_lowers_held_out_recognition_loss(tiny_bagel):
     train_pack(tiny_bagel, bank, [pool], cfg)
     after = held_out_loss()
     assert after < before - 1.0, f"held-out recognition loss {before:.3f} -> {after:.3f} (nats per answer token)"
+
+
+def distinct_artifacts(bundle, names, mode="decoupled"):
+    """One artifact per name, each from its own class word and images: all four tensors differ."""
+    c = bundle.config.llm
+    bank = ConceptBank(len(names), c.hidden_size, c.vocab_size, 4, 4, mode=mode)
+    looks = [("dog", (250, 20, 20)), ("cat", (20, 250, 20)), ("person", (20, 20, 250))]
+    for slot, (word, colour) in enumerate(looks[: len(names)]):
+        init_concept(bank, slot, bundle, word, views(slot, 2, colour), seed=slot)
+    arts = [artifact_for(bundle, bank, slot, name) for slot, name in enumerate(names)]
+    for i in range(len(arts)):
+        for j in range(i):
+            for t in ("identifier", "und_tokens", "gen_tokens", "identifier_output"):
+                assert (getattr(arts[i], t) - getattr(arts[j], t)).abs().max() > 1e-2, (t, i, j)
+    return arts
+
+
+def record_answers(persona, monkeypatch):
+    """Wrap the persona's logits so every `understand` call leaves its first step's logits behind."""
+    seen, logits = [], persona.bank.logits
+    monkeypatch.setattr(persona.bank, "logits", lambda h, head: seen.append(logits(h, head)) or seen[-1])
+    return seen
+
+
+def record_latents(monkeypatch):
+    """Every latent `Persona.generate` / `edit` samples, in call order."""
+    import omnipersona.infer.engine as engine
+
+    seen, sample = [], engine.sample_latent
+    monkeypatch.setattr(engine, "sample_latent", lambda *a, **kw: seen.append(sample(*a, **kw)) or seen[-1])
+    return seen
+
+
+def test_concepts_loaded_together_answer_and_draw_by_their_own_names(tiny_bagel, monkeypatch):
+    """Three concepts with different tensors in one Persona (in two slot orders): a prompt naming one
+    gives that concept's answer logits and picture as when it is loaded alone, and not another's."""
+    from omnipersona.model.sampling import FlowSampling
+
+    names = ["maeve", "rex", "kiki"]
+    arts = dict(zip(names, distinct_artifacts(tiny_bagel, names)))
+    opts = dict(sampling=FlowSampling(num_steps=3), image_size=32)
+    image = views(7, 1, (120, 120, 120))[0]
+    vocab = tiny_bagel.config.llm.vocab_size
+    latents = record_latents(monkeypatch)
+
+    def ask(persona, name):
+        """(answer text, vocabulary logits, the named identifier's logit, sampled latent)."""
+        seen = record_answers(persona, monkeypatch)
+        answer = persona.understand(f"Is <{name}> in this image?", image=image, max_new_tokens=4)
+        first = seen[0][0]
+        persona.generate(name, f"a photo of <{name}>", replay=False)
+        return answer.text, first[:vocab], first[vocab + persona.slots[name]], latents[-1]
+
+    alone = {n: ask(Persona.from_artifacts(tiny_bagel, [arts[n]], **opts), n) for n in names}
+    for order in (names, names[1:] + names[:1]):
+        together = Persona.from_artifacts(tiny_bagel, [arts[n] for n in order], **opts)
+        for name in order:
+            text, vocab_logits, own, latent = ask(together, name)
+            want_text, want_logits, want_own, want_latent = alone[name]
+            torch.testing.assert_close(vocab_logits, want_logits, atol=1e-5, rtol=0, msg=lambda m: f"{order} {name}: {m}")
+            torch.testing.assert_close(own, want_own, atol=1e-5, rtol=0)
+            torch.testing.assert_close(latent, want_latent, atol=1e-4, rtol=0, msg=lambda m: f"{order} {name}: {m}")
+            assert text == want_text, (order, name)
+        assert together.names == order and [together.slots[n] for n in order] == [0, 1, 2]
+    # The comparison can tell concepts apart: each concept's answer and picture differ from the others'.
+    for i, a in enumerate(names):
+        for b in names[:i]:
+            assert (alone[a][1] - alone[b][1]).abs().max() > 1e-2, (a, b)
+            assert (alone[a][3] - alone[b][3]).abs().max() > 1e-2, (a, b)
+
+
+def test_shared_mode_tokens_train_and_serve_understanding_and_generation(tiny_bagel, tmp_path, monkeypatch):
+    """The ablation's one token set (`mode="shared"`): both tasks train it, an artifact carries it,
+    and a Persona answers and draws with it, every token on the understanding expert."""
+    from omnipersona.model.sampling import FlowSampling
+
+    c = tiny_bagel.config.llm
+    bank = ConceptBank(1, c.hidden_size, c.vocab_size, 4, 4, mode="shared")
+    assert (bank.num_und, bank.num_gen, bank.virtual_gen_start) == (8, 0, None)
+    imgs, others = views(0, 4, (250, 20, 20)), views(1, 2, (20, 20, 250))
+    init_concept(bank, 0, tiny_bagel, "dog", imgs)
+    untrained = artifact_for(tiny_bagel, bank, 0, "maeve")
+    examples = {
+        "understanding": ConceptExample(0, "recognition", "Is <sks> in this image?", "Yes", image=imgs[0]),
+        "generation": ConceptExample(0, "t2i", "A photo of <sks>.", target=imgs[1]),
+    }
+    # One token set for both tasks: an understanding loss and a generation loss each reach every
+    # shared token, and no token of the batch goes to the generation expert but the latent ones.
+    cfg = TrainConfig(steps=3, batch_size=2, lr=5e-2, mode="shared", num_und_tokens=4, num_gen_tokens=4)
+    builder = SampleBuilder(tiny_bagel, bank)
+    for task, ex in examples.items():
+        batch = builder.batch([ex])
+        assert batch.packed.extra_gen_indexes is None or len(batch.packed.extra_gen_indexes) == 0
+        bank.zero_grad(set_to_none=True)
+        loss, _ = compute_loss(tiny_bagel, bank, batch, cfg.loss_weights)
+        loss.backward()
+        assert (bank.und_tokens.grad[0].abs().amax(-1) > 0).all(), f"{task} loss misses some shared tokens"
+    bank.zero_grad(set_to_none=True)
+    pool = ConceptPool("acme/maeve", list(examples.values()) + [
+        ConceptExample(0, "recognition", "Is <sks> in this image?", "No", image=others[0]),
+        ConceptExample(0, "edit", "remove <sks> from the image.", image=imgs[2], target=others[1]),
+    ])
+    records = train_pack(tiny_bagel, bank, [pool], cfg)
+    assert len(records) == 3 and all(np.isfinite(r.loss) for r in records)
+    assert not torch.allclose(bank.und_tokens[0], untrained.und_tokens), "the shared tokens did not train"
+
+    art = artifact_for(tiny_bagel, bank, 0, "maeve")
+    art.save(tmp_path / "maeve")
+    loaded = ConceptArtifact.load(tmp_path / "maeve", expected_fingerprint=tiny_bagel.fingerprint)
+    assert loaded.mode == "shared" and loaded.gen_tokens.shape == (0, c.hidden_size)
+    assert torch.equal(loaded.und_tokens, art.und_tokens)
+
+    latents = record_latents(monkeypatch)
+    masks = []
+    hook = tiny_bagel.model.language_model.register_forward_hook(lambda m, args, out: masks.append(args[2]))
+
+    def serve(artifact):
+        persona = Persona.from_artifacts(tiny_bagel, [artifact], sampling=FlowSampling(num_steps=3), image_size=32)
+        assert persona.bank.mode == "shared" and persona.bank.virtual_gen_start is None
+        seen = record_answers(persona, monkeypatch)
+        masks.clear()
+        answer = persona.understand("Is <maeve> in this image?", image=imgs[3], max_new_tokens=4)
+        # Understanding: the prefilled system prompt, the image, the question, the decoding steps.
+        assert masks and not any(bool(m.any()) for m in masks if m is not None)
+        generated = persona.generate("maeve", "a photo of <maeve>", replay=False)
+        return answer, seen[0], generated, latents[-1]
+
+    try:
+        answer, logits, generated, latent = serve(loaded)
+        _, untrained_logits, _, untrained_latent = serve(untrained)
+    finally:
+        hook.remove()
+    assert isinstance(answer.text, str) and 0.0 <= answer.yes_probability <= 1.0
+    assert generated.image.size == (32, 32)
+    # Both tasks read the trained shared tokens: answers and pictures move away from the untrained ones.
+    assert (logits - untrained_logits).abs().max() > 1e-3
+    assert (latent - untrained_latent).abs().max() > 1e-3
