@@ -259,8 +259,8 @@ def test_shared_mode_tokens_train_and_serve_understanding_and_generation(tiny_ba
         ConceptExample(0, "recognition", "Is <sks> in this image?", "No", image=others[0]),
         ConceptExample(0, "edit", "remove <sks> from the image.", image=imgs[2], target=others[1]),
     ])
-    records = train_pack(tiny_bagel, bank, [pool], cfg)
-    assert len(records) == 3 and all(np.isfinite(r.loss) for r in records)
+    assert len(train_pack(tiny_bagel, bank, [pool], cfg)) == 3
+    assert torch.isfinite(bank.und_tokens).all()
     assert not torch.allclose(bank.und_tokens[0], untrained.und_tokens), "the shared tokens did not train"
 
     art = artifact_for(tiny_bagel, bank, 0, "maeve")
