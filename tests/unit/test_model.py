@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from omnipersona.model.checkpoint import CheckpointError, load_bagel, save_bagel
-from omnipersona.model.llm import _route
 from omnipersona.model.packing import Text, VaeLatent, VitImage
 from omnipersona.model.sampling import (
     FlowSampling,
@@ -94,42 +93,96 @@ def test_release_key_names_and_strict_loading(tiny_bagel, tmp_path):
     assert "connector.fc1.bias" in str(err.value) and "layers.9.mlp.up_proj.weight" in str(err.value)
 
 
-def test_each_token_uses_its_own_expert(tiny_bagel):
-    """Same layer input; perturbing one expert changes only the per-expert outputs of its tokens."""
-    torch.manual_seed(0)
-    layer = tiny_bagel.model.language_model.model.layers[0]
-    x = torch.randn(10, tiny_bagel.config.llm.hidden_size)
-    gen = torch.tensor([False] * 5 + [True] * 5)
+# Every module a MoT decoder layer holds twice: the understanding expert's name; `<name>_moe_gen` is
+# the generation expert's.
+EXPERT_MODULES = (
+    "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.q_norm",
+    "self_attn.k_norm", "self_attn.o_proj", "post_attention_layernorm", "mlp",
+)
+# Interleaved on purpose: a contiguous split would also pass with slicing bugs.
+GEN_ROWS = torch.tensor([0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 1], dtype=torch.bool)
 
-    def per_expert_outputs():
-        attn = layer.self_attn
-        qkv = _route(x, gen, lambda t: attn._qkv(t, False), lambda t: attn._qkv(t, True))
-        mlp = _route(
-            x, gen,
-            lambda t: layer.mlp(layer.post_attention_layernorm(t)),
-            lambda t: layer.mlp_moe_gen(layer.post_attention_layernorm_moe_gen(t)),
-        )
-        norm = _route(x, gen, layer.input_layernorm, layer.input_layernorm_moe_gen)
-        return qkv, mlp, norm
 
-    def full_layer():
-        from omnipersona.model.llm import AttentionSpec
-
-        cos, sin = tiny_bagel.model.language_model.model.rotary_emb(torch.arange(10), x.dtype)
-        spec = AttentionSpec(sample_lens=[10], masks=[torch.ones(10, 10, dtype=torch.bool)])
-        return layer(x, gen, cos, sin, spec)
-
+def expert_layer(bundle):
+    """Decoder layer 0 with every weight of both experts distinct (the tiny init leaves norms at 1)."""
+    layer = bundle.model.language_model.model.layers[0]
+    names = {n for n, _ in layer.named_modules() if n.endswith("_moe_gen")}
+    assert names == {f"{n}_moe_gen" for n in EXPERT_MODULES}, "a duplicated module is missing from EXPERT_MODULES"
+    g = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        base, base_layer = per_expert_outputs(), full_layer()
         for name, p in layer.named_parameters():
-            if "moe_gen" in name:
-                p.add_(torch.randn_like(p) * 0.5)
-        perturbed, perturbed_layer = per_expert_outputs(), full_layer()
-    for b, p in zip(base, perturbed):
-        assert torch.equal(b[:5], p[:5]), "understanding tokens must not see generation weights"
-        assert not torch.allclose(b[5:], p[5:]), "generation tokens must use generation weights"
-    # Attention still mixes: understanding tokens' layer outputs change through the shared attention.
-    assert not torch.allclose(base_layer[:5], perturbed_layer[:5])
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+    return layer
+
+
+def run_layer(bundle, layer, x, gen_mask, attend):
+    """`MoTDecoderLayer.forward` on one packed sample with an explicit [L, L] attention mask."""
+    from omnipersona.model.llm import AttentionSpec
+
+    cos, sin = bundle.model.language_model.model.rotary_emb(torch.arange(x.shape[0]), x.dtype)
+    with torch.no_grad():
+        return layer(x, gen_mask, cos, sin, AttentionSpec(sample_lens=[x.shape[0]], masks=[attend]))
+
+
+def swap_experts(layer):
+    with torch.no_grad():
+        for name in EXPERT_MODULES:
+            und, gen = layer.get_submodule(name), layer.get_submodule(f"{name}_moe_gen")
+            for pu, pg in zip(und.parameters(), gen.parameters(), strict=True):
+                tmp = pu.detach().clone()
+                pu.copy_(pg)
+                pg.copy_(tmp)
+
+
+def test_decoder_layer_with_swapped_experts_routes_by_the_mask(tiny_bagel):
+    """Through `MoTDecoderLayer.forward`: once the two experts' weights are swapped, a token computes
+    what the other expert gave it before; so its output is a function of its own mask bit only. (A mask
+    ignored fails this; one inverted everywhere is symmetric under the swap: the next test pins which
+    expert a bit selects.)"""
+    layer = expert_layer(tiny_bagel)
+    x = torch.randn(len(GEN_ROWS), tiny_bagel.config.llm.hidden_size, generator=torch.Generator().manual_seed(0))
+    causal = torch.ones(len(GEN_ROWS), len(GEN_ROWS), dtype=torch.bool).tril()
+    all_und, all_gen = torch.zeros_like(GEN_ROWS), torch.ones_like(GEN_ROWS)
+    base = run_layer(tiny_bagel, layer, x, GEN_ROWS, causal)
+    base_und = run_layer(tiny_bagel, layer, x, all_und, causal)
+    base_gen = run_layer(tiny_bagel, layer, x, all_gen, causal)
+    assert (base_und - base_gen).abs().amax(-1).min() > 1e-3, "the experts must differ on every row for this test"
+    swap_experts(layer)
+    swapped = run_layer(tiny_bagel, layer, x, GEN_ROWS, causal)
+    # Understanding tokens now compute with the generation expert's weights and vice versa: every row changes.
+    assert (swapped - base).abs().amax(-1).min() > 1e-3
+    # ... and flipping every token's mask bit gives back exactly the outputs from before the swap.
+    torch.testing.assert_close(run_layer(tiny_bagel, layer, x, ~GEN_ROWS, causal), base, atol=1e-6, rtol=0)
+    # Understanding rows on swapped weights = generation rows on the original ones (and the reverse).
+    torch.testing.assert_close(run_layer(tiny_bagel, layer, x, all_und, causal), base_gen, atol=1e-6, rtol=0)
+    torch.testing.assert_close(run_layer(tiny_bagel, layer, x, all_gen, causal), base_und, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("expert", ["und", "gen"])
+def test_changing_one_expert_changes_exactly_the_tokens_routed_to_it(tiny_bagel, expert):
+    """Through `MoTDecoderLayer.forward`, module by module: perturb one module of one expert; the
+    tokens routed to that expert change, the other tokens stay bit-identical. The other expert's tokens
+    only attend among themselves here, so nothing can reach them through the shared attention; a mask
+    ignored or inverted (in any of the layer's routings) fails this."""
+    import copy
+
+    layer = expert_layer(tiny_bagel)
+    x = torch.randn(len(GEN_ROWS), tiny_bagel.config.llm.hidden_size, generator=torch.Generator().manual_seed(0))
+    mine = GEN_ROWS if expert == "gen" else ~GEN_ROWS
+    # Rows of this expert see every token; rows of the other expert only see each other.
+    attend = mine[:, None] | (~mine[:, None] & ~mine[None, :])
+    base = run_layer(tiny_bagel, layer, x, GEN_ROWS, attend)
+    g = torch.Generator().manual_seed(1)
+    for name in EXPERT_MODULES:
+        changed = copy.deepcopy(layer)
+        module = changed.get_submodule(name if expert == "und" else f"{name}_moe_gen")
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.5 * torch.randn(p.shape, generator=g))
+        out = run_layer(tiny_bagel, changed, x, GEN_ROWS, attend)
+        assert torch.equal(out[~mine], base[~mine]), f"{expert} {name}: tokens of the other expert changed"
+        assert (out[mine] - base[mine]).abs().amax(-1).min() > 1e-4, f"{expert} {name}: its own tokens did not change"
 
 
 def test_packed_attention_equals_one_by_one(tiny_bagel):
@@ -151,23 +204,42 @@ def test_packed_attention_equals_one_by_one(tiny_bagel):
     torch.testing.assert_close(out["mse"], torch.cat(mse), atol=1e-5, rtol=1e-5)
 
 
-def test_kv_cache_decoding_equals_full_recomputation(tiny_bagel):
+@pytest.mark.parametrize("edit_context", [False, True], ids=["vit", "vae-and-vit"])
+def test_kv_cache_decoding_equals_full_recomputation(tiny_bagel, edit_context):
+    """The logits of every cached greedy step equal one uncached packed forward's (fp32, atol 1e-5),
+    after ViT tokens and, in an edit's context, after a clean VAE latent on the generation expert."""
     model, special = tiny_bagel.model, tiny_bagel.special
+    lm_head = model.language_model.lm_head
     g = torch.Generator().manual_seed(1)
     pixels = torch.rand(3, 32, 32, generator=g) * 2 - 1
+    latent = torch.randn(tiny_bagel.config.vae.z_channels, 4, 4, generator=g)
     prompt = ids(tiny_bagel, "What colour is the object?")
-    ctx = new_context(model)
+    ctx, items = new_context(model), []
+    if edit_context:
+        append_vae_latent(model, ctx, latent, special)
+        items.append(VaeLatent(latent, loss=False))
     append_vit_image(model, ctx, pixels, special)
     append_text(model, ctx, prompt, special)
-    generated = decode_text(model, ctx, special, max_new_tokens=6)
-    assert len(generated) > 0
-    # Full recomputation: one packed causal pass over image + prompt + <bos> + generated tokens.
-    batch = pack_for(tiny_bagel, [[VitImage(pixels), Text(prompt), Text(generated, loss=True)]])
+    items += [VitImage(pixels), Text(prompt)]
+    steps = []
+
+    def logits_fn(hidden):
+        logits = lm_head(hidden)
+        steps.append(logits[-1].clone())
+        # <eos> is never chosen, so every one of the steps runs and is compared.
+        return logits.index_fill(-1, torch.tensor([special.eos]), float("-inf"))
+
+    max_new = 8
+    generated = decode_text(model, ctx, special, max_new_tokens=max_new, logits_fn=logits_fn)
+    assert len(generated) == len(steps) == max_new
+    # Full recomputation: one packed pass over the context + <bos> + the generated tokens.
+    batch = pack_for(tiny_bagel, [items + [Text(generated, loss=True)]])
     with torch.no_grad():
-        out = model(**batch.model_inputs())
-    full_argmax = out["ce_logits"].argmax(-1).tolist()
-    # Logits at <bos> and each generated token predict the next generated token.
-    assert full_argmax[: len(generated)] == generated
+        full = model(**batch.model_inputs())["ce_logits"]
+    # Row k sits at <bos> (k = 0) or at generated token k-1: it predicts generated token k.
+    assert full.shape == (max_new + 1, tiny_bagel.config.llm.vocab_size)
+    torch.testing.assert_close(torch.stack(steps), full[:max_new], atol=1e-5, rtol=0)
+    assert full[:max_new].index_fill(-1, torch.tensor([special.eos]), float("-inf")).argmax(-1).tolist() == generated
 
 
 def test_text_to_image_size_and_editing_uses_source(tiny_bagel):
@@ -198,9 +270,31 @@ def test_text_to_image_size_and_editing_uses_source(tiny_bagel):
     assert not torch.allclose(a, b, atol=1e-4), "the edit must depend on the source image"
 
 
-def test_frozen_backbone_training_step_flops_at_most_2_1x_forward(tiny_bagel):
-    from torch.utils.flop_counter import FlopCounterMode
+SDPA_FORWARD = "aten._scaled_dot_product_flash_attention_for_cpu"
 
+
+def attention_flops(bundle, batch) -> int:
+    """Analytic attention FLOPs of a packed forward: per sample (LLM) or image (ViT) of L tokens and
+    per layer, scores Q K^T and weighted values P V are 2 * L^2 * head_dim multiply-adds per head."""
+    llm, vit = bundle.config.llm, bundle.config.vit
+    total = sum(4 * n * n * llm.num_attention_heads * llm.head_dim * llm.num_hidden_layers for n in batch.sample_lens)
+    if batch.vit_token_seqlens is not None:
+        vit_head_dim = vit.hidden_size // vit.num_attention_heads
+        runs = vit.num_hidden_layers - 1  # the release's vit_config counts one layer more than runs
+        total += sum(4 * int(n) ** 2 * vit.num_attention_heads * vit_head_dim * runs for n in batch.vit_token_seqlens)
+    return total
+
+
+def counted(fn):
+    """{op: FLOPs} of `fn()`, counted as the FLOPs benchmark counts (attention included)."""
+    from benchmarks.common import flop_counter
+
+    with flop_counter() as counter:
+        fn()
+    return {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def test_frozen_backbone_training_step_flops_at_most_2_1x_forward(tiny_bagel):
     model = tiny_bagel.model.train().freeze()
     embed = model.language_model.model.embed_tokens
     embed.weight.requires_grad_(True)  # a trainable input embedding, the backbone frozen
@@ -211,15 +305,42 @@ def test_frozen_backbone_training_step_flops_at_most_2_1x_forward(tiny_bagel):
         out = model(**batch.model_inputs(), noise=noise)
         return out["ce"].mean() + out["mse"].mean()
 
-    with FlopCounterMode(display=False) as fwd:
+    def no_grad_loss():
         with torch.no_grad():
             loss()
-    with FlopCounterMode(display=False) as step:
-        loss().backward()
-    ratio = step.get_total_flops() / fwd.get_total_flops()
+
+    fwd, step = counted(no_grad_loss), counted(lambda: loss().backward())
+    # Attention is counted, exactly as the formula says: LLM samples and ViT images, every layer.
+    assert fwd.get(SDPA_FORWARD, 0) == step.get(SDPA_FORWARD, 0) == attention_flops(tiny_bagel, batch) > 0
+    assert step.get(SDPA_FORWARD + "_backward", 0) > 0, "the backward through attention must be counted too"
+    ratio = sum(step.values()) / sum(fwd.values())
     assert embed.weight.grad is not None
     assert all(p.grad is None for n, p in model.named_parameters() if p is not embed.weight)
     assert ratio <= 2.1, f"training step costs {ratio:.2f}x the forward"
+
+
+def test_forward_flops_grow_with_the_square_of_the_sequence_through_attention(tiny_bagel):
+    """Text-only packs of n, 2n and 3n words: everything but attention is linear in the length, so
+    the counted total's second difference is the analytic attention term's (and is not zero)."""
+    model = tiny_bagel.model.eval()
+    word = ids(tiny_bagel, "star")
+    totals, attention, lengths = [], [], []
+    for n in (16, 32, 48):
+        batch = pack_for(tiny_bagel, [[Text(word * n, loss=True)]])
+        with torch.no_grad():
+            ops = counted(lambda: model(**batch.model_inputs()))
+        assert ops.get(SDPA_FORWARD, 0) == attention_flops(tiny_bagel, batch) > 0
+        totals.append(sum(ops.values()))
+        attention.append(attention_flops(tiny_bagel, batch))
+        lengths.append(batch.sequence_length)
+    step = lengths[1] - lengths[0]
+    assert lengths[2] - lengths[1] == step > 0
+    second = totals[0] - 2 * totals[1] + totals[2]
+    llm = tiny_bagel.config.llm
+    # L^2 - 2 (L + s)^2 + (L + 2s)^2 = 2 s^2: per head and layer, attention's 4 L^2 head_dim gives 8 s^2 head_dim.
+    expected = 8 * step**2 * llm.head_dim * llm.num_attention_heads * llm.num_hidden_layers
+    assert second == attention[0] - 2 * attention[1] + attention[2] == expected
+    assert attention[2] > 0.1 * totals[2], "at this length attention is a visible share of the forward"
 
 
 def test_library_imports_no_ray_or_mlflow():
