@@ -36,8 +36,9 @@ from pipelines.evaluate.gate import Gate  # noqa: E402
 # (5 of 6 OmniPersona concepts pass there, 1 of 6 with untrained tokens); on the test split of
 # docs/evaluation.md 3 of 6 OmniPersona concepts pass and none with untrained tokens.
 WORLD_BASE_GATE = Gate(minimums={"recognition_accuracy": 0.65, "text_qa_accuracy": 0.4, "vqa_accuracy": 0.6})
-from pipelines.evaluate.harness import EvalOptions, aggregate, eval_set_from_world, evaluate_concept  # noqa: E402
-from pipelines.evaluate.probe import ProbeConfig, ensure_probe  # noqa: E402
+from omnipersona.evaluation import EvalOptions, aggregate, evaluate_concept  # noqa: E402
+from omnipersona.pretrain.probe import ProbeConfig, ensure_probe  # noqa: E402
+from omnipersona.world.eval_sets import eval_set_from_world  # noqa: E402
 
 SPLIT_SEEDS = {"dev": 101, "test": 202}  # dev concepts tune the recipe; the table reports test concepts
 ALL_TASKS = ("recognition", "vqa", "text_qa", "t2i", "edit")

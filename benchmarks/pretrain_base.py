@@ -37,9 +37,10 @@ from omnipersona.pretrain import PretrainConfig, ensure_world_base  # noqa: E402
 from omnipersona.pretrain.config import TaskMix  # noqa: E402
 from omnipersona.pretrain.tasks import pretrain_sample  # noqa: E402
 from omnipersona.world import make_concepts  # noqa: E402
-from pipelines.evaluate.harness import EvalOptions, eval_set_from_world  # noqa: E402
-from pipelines.evaluate.metrics import answer_score, weighted_recognition_accuracy  # noqa: E402
-from pipelines.evaluate.probe import ProbeConfig, ensure_probe, probe_accuracy  # noqa: E402
+from omnipersona.evaluation import EvalOptions  # noqa: E402
+from omnipersona.evaluation.metrics import answer_score, weighted_recognition_accuracy  # noqa: E402
+from omnipersona.pretrain.probe import ProbeConfig, ensure_probe, probe_accuracy  # noqa: E402
+from omnipersona.world.eval_sets import eval_set_from_world  # noqa: E402
 
 CHECK_SEED = 4242  # pretraining draws from seed 0: these samples are fresh
 

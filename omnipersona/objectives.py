@@ -5,6 +5,8 @@
 Each term is a mean over that concept's own targets, and the pack's loss is the SUM over concepts:
 a concept's gradient then depends only on its own samples (samples never attend across each other),
 so with an element-wise optimizer (AdamW) training P concepts in one pack equals training each alone.
+The terms come from the task registry (`omnipersona.tasks`): CE_c pools the answer tokens of every
+`AnswerLoss` task; each `FlowLoss` task adds its own weighted MSE term, in registration order.
 """
 from __future__ import annotations
 
@@ -12,16 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .concepts.samples import CE_TASKS, TrainBatch
+from .concepts.samples import TrainBatch
+from .tasks import flow_tasks, task_type
 
 
 @dataclass(frozen=True)
 class LossWeights:
     lambda_img: float = 1.0
     lambda_edit: float = 1.0
-
-
-_TASK_CODES = {"t2i": 0, "edit": 1}  # the latent (MSE) tasks; others never own latent rows
 
 
 def _per_slot_mean(values: torch.Tensor, slots: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,11 +31,12 @@ def _per_slot_mean(values: torch.Tensor, slots: torch.Tensor, num_slots: int) ->
 
 
 def concept_losses(out: dict, batch: TrainBatch, num_slots: int, weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and per-concept task losses ({'ce': [P], 't2i': [P], 'edit': [P]}, NaN where absent)."""
+    """Total loss and per-concept losses: {'ce': [P]} and one [P] per flow task in the batch ('t2i',
+    'edit', ...), NaN for a concept without such targets."""
     p = batch.packed
     total = None
     table: dict[str, torch.Tensor] = {}
-    sample_task = batch.sample_tasks
+    sample_task = [task_type(t) for t in batch.sample_tasks]  # an unknown task fails here, naming the known ones
     if out.get("ce") is not None:
         slots = batch.sample_slots[p.ce_sample_ids]
         ce, counts = _per_slot_mean(out["ce"].float(), slots, num_slots)
@@ -46,20 +47,24 @@ def concept_losses(out: dict, batch: TrainBatch, num_slots: int, weights: LossWe
         per_row = out["mse"].float().mean(dim=-1)  # mean over latent channels of each token
         # Task of each latent row, vectorised: a per-sample task code indexed by the rows' samples
         # (one small tensor per batch instead of a Python loop over every latent row).
-        codes = torch.tensor([_TASK_CODES.get(t, -1) for t in sample_task], dtype=torch.long, device=row_samples.device)
+        flow = flow_tasks()
+        code_of = {task.name: code for code, task in enumerate(flow)}
+        codes = torch.tensor([code_of.get(t.name, -1) for t in sample_task], dtype=torch.long, device=row_samples.device)
         row_task = codes[row_samples]
-        for task, lam in (("t2i", weights.lambda_img), ("edit", weights.lambda_edit)):
-            is_task = row_task == _TASK_CODES[task]
+        if bool((row_task < 0).any()):  # such rows would silently train nothing
+            names = sorted({sample_task[i].name for i in row_samples[row_task < 0].tolist()})
+            raise ValueError(f"task(s) {names} have flow-matching targets but no FlowLoss")
+        for code, task in enumerate(flow):
+            is_task = row_task == code
             if not bool(is_task.any()):
                 continue
             slots = batch.sample_slots[row_samples[is_task]]
             mse, counts = _per_slot_mean(per_row[is_task], slots, num_slots)
-            table[task] = torch.where(counts > 0, mse.detach(), torch.nan)
-            term = lam * mse.sum()
+            table[task.name] = torch.where(counts > 0, mse.detach(), torch.nan)
+            term = task.loss.scale(weights) * mse.sum()
             total = term if total is None else total + term
     if total is None and out.get("anchor") is None:
         raise ValueError("batch has no loss targets")
     if out.get("anchor") is not None:  # zero-valued term that keeps sharded ranks' graphs alike
         total = out["anchor"] if total is None else total + out["anchor"]
-    assert all(t in CE_TASKS + ("t2i", "edit") for t in sample_task)
     return total, table

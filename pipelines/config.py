@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from omnipersona.evaluation.plugins import check_plugin
 from pipelines.evaluate.gate import Gate
 from pipelines.ingest.config import IngestConfig
 from pipelines.storage import StorageConfig
@@ -64,12 +65,31 @@ class EvaluationSettings(BaseModel):
     sampling_steps: int = Field(12, ge=2)
     eval_sets_uri: str | None = Field(
         None,
-        description="Held-out evaluation sets (`<uri>/<tenant>/<concept>/manifest.json`, as omnipersona.world.uploads."
-        "write_eval_sets writes them). A concept that has one is scored by the OmniPBench-style harness, instead of on the held-out ingest epoch "
-        "(pipelines.evaluate): recognition over held-out views and hard negatives, text QA and VQA in held-out wording, "
-        "and with `world_probe` generation, PARG and editing; the gate can bound any of these metrics.",
+        description="Held-out evaluation sets, one per concept under `<uri>/<tenant>/<concept>/`, read by `eval_set_reader`. "
+        "A concept that has one is scored by the OmniPBench-style harness (omnipersona.evaluation) instead of on the held-out "
+        "ingest epoch: recognition over held-out views and hard negatives, text QA and VQA in held-out wording, and with "
+        "a `judge` generation, PARG and editing; the gate can bound any of these metrics.",
     )
-    world_probe: bool = Field(False, description="Judge generations with the world-trained probe (built once, then cached)")
+    eval_set_reader: str = Field(
+        "world",
+        description="Reads a concept's eval set: `world` (the manifests omnipersona.world.uploads.write_eval_sets writes) "
+        "or 'package.module:function' (see omnipersona.evaluation.plugins)",
+    )
+    judge: str | None = Field(
+        None,
+        description="Judges generated pictures: `world` (the world-trained probe, built once, then cached) or "
+        "'package.module:factory' (see omnipersona.evaluation.plugins); None: no picture-judged metrics",
+    )
+
+    @field_validator("eval_set_reader")
+    @classmethod
+    def _known_reader(cls, ref: str) -> str:
+        return check_plugin("eval_set_reader", ref)
+
+    @field_validator("judge")
+    @classmethod
+    def _known_judge(cls, ref: str | None) -> str | None:
+        return None if ref is None else check_plugin("judge", ref)
 
 
 class RaySettings(BaseModel):

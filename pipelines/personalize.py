@@ -12,8 +12,6 @@ import os
 import time
 from datetime import datetime, timezone
 
-import pyarrow.fs as pafs
-
 from omnipersona.concepts.artifact import ConceptArtifact, artifact_subpath, config_hash
 from pipelines.config import JobConfig
 from pipelines.ingest.dataset import build_ingest
@@ -179,12 +177,10 @@ def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs
 
 
 def _world_probe(cfg: JobConfig):
-    """The world-trained judge of generations, loaded once per job when the config asks for it."""
-    if not (cfg.evaluation.eval_sets_uri and cfg.evaluation.world_probe):
-        return None
-    from pipelines.evaluate.probe import ProbeConfig, ensure_probe
+    """The judge of generated pictures (`evaluation.judge`), loaded once per job when the config names one."""
+    from pipelines.evaluate.benchmark import load_judge
 
-    return ensure_probe(ProbeConfig(image_size=cfg.ingest.vit_size), log=log.info)
+    return load_judge(cfg.evaluation, cfg.ingest.vit_size, log=log.info)
 
 
 def _benchmark_metrics(cfg: JobConfig, persona, s: ConceptSpec, image_size: int, probe=None) -> dict[str, float]:
@@ -192,15 +188,10 @@ def _benchmark_metrics(cfg: JobConfig, persona, s: ConceptSpec, image_size: int,
 
     Its metrics (same names as `heldout_metrics`' where they overlap) take the place of the
     ingest-epoch ones: they come from material the concept's training never saw in any form."""
-    if not cfg.evaluation.eval_sets_uri:
-        return {}
-    from pipelines.evaluate.harness import EvalOptions, eval_set_from_manifest, evaluate_concept
+    from omnipersona.identity import ConceptId
+    from pipelines.evaluate.benchmark import benchmark_metrics
 
-    fs, root = filesystem_for(f"{cfg.evaluation.eval_sets_uri.rstrip('/')}/{s.concept_key}", cfg.storage)
-    if fs.get_file_info(f"{root}/manifest.json").type != pafs.FileType.File:
-        return {}
-    eval_set = eval_set_from_manifest(root, fs, EvalOptions(image_size=image_size))
-    return evaluate_concept(persona, eval_set, probe)
+    return benchmark_metrics(cfg.evaluation, cfg.storage, persona, ConceptId.parse(s.concept_key), image_size, probe)
 
 
 def _write_summary(cfg: JobConfig, registry: ConceptRegistry, run_id: str, summary: JobSummary) -> None:

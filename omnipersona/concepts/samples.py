@@ -4,7 +4,8 @@ An example carries its concept's integer slot in the pack (never a string), a ta
 images, and a seed. The seed fixes everything random about the example (VAE posterior sample,
 flow noise, flow timestep), so a concept trained inside a pack sees exactly what it would see alone.
 
-Sample layouts (each starts with the concept's system prompt, no loss):
+Each sample starts with the concept's system prompt (no loss); its task's entry in the task
+registry (`omnipersona.tasks`) composes the rest from `ExampleParts`. The built-in layouts:
     recognition, vqa   [ViT image] question -> answer (CE)
     text_qa            question -> answer (CE)
     t2i                prompt -> [noised VAE latent of the target] (flow MSE, lambda_img)
@@ -27,11 +28,9 @@ import torch
 
 from ..model.images import to_tensor
 from ..model.packing import PackedBatch, Text, VaeLatent, VitImage
+from ..tasks import task_type
 from .bank import ConceptBank
 from .prompts import encode, sks, system_prompt_ids
-
-TASKS = ("recognition", "vqa", "text_qa", "t2i", "edit")
-CE_TASKS = ("recognition", "vqa", "text_qa")
 
 
 @dataclass
@@ -45,8 +44,7 @@ class ConceptExample:
     seed: int = 0
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        task_type(self.task)  # an unknown task fails here, naming the known ones
 
 
 @dataclass
@@ -114,13 +112,64 @@ class ImageCache:
         return len(self._entries)
 
 
+class _LatentImages:
+    """Stands in for `ExampleParts` to list the images a task's sample gives the VAE, without building it."""
+
+    def __init__(self):
+        self.images: list[np.ndarray] = []
+
+    def text(self, text: str, loss: bool = False) -> None:
+        return None
+
+    def vit(self, image: np.ndarray) -> None:
+        return None
+
+    def clean_latent(self, image: np.ndarray) -> None:
+        self.images.append(image)
+
+    noised_latent = clean_latent
+
+
 def latent_images(ex: "ConceptExample") -> list[np.ndarray]:
-    """The images of an example that the VAE encodes (t2i target; edit source and target)."""
-    if ex.task == "t2i":
-        return [ex.target]
-    if ex.task == "edit":
-        return [ex.image, ex.target]
-    return []
+    """The images of an example that the VAE encodes (t2i: the target; edit: source and target),
+    read off its task's own sample layout so the two cannot disagree."""
+    recorder = _LatentImages()
+    task_type(ex.task).sample(recorder, ex)
+    return recorder.images
+
+
+class ExampleParts:
+    """`omnipersona.tasks.SampleParts` for one example: token ids with the concept's identifier, images
+    at the builder's sizes, and VAE latents drawn from the example's generator, in call order."""
+
+    def __init__(self, builder: "SampleBuilder", slot: int, g: torch.Generator):
+        self.builder, self.g = builder, g
+        self.names = sks(builder.bank, slot)
+        self.noises: list[torch.Tensor] = []  # one block per latent, aligned with the pack's latent tokens
+
+    def text(self, text: str, loss: bool = False) -> Text:
+        return Text(encode(self.builder.bundle.tokenizer, text, self.names), loss=loss)
+
+    def vit(self, image: np.ndarray) -> VitImage:
+        size = self.builder.vit_size
+        return VitImage(to_tensor(image, (size, size)))
+
+    def _latent(self, image: np.ndarray) -> tuple[torch.Tensor, int]:
+        """The latent (posterior draw from the generator) and its number of latent tokens."""
+        z = self.builder._encode_latent(image, self.g)
+        p = self.builder.bundle.config.latent_patch_size
+        return z, (z.shape[1] // p) * (z.shape[2] // p)
+
+    def clean_latent(self, image: np.ndarray) -> VaeLatent:
+        z, n = self._latent(image)
+        # Noise rows must line up with every latent token of the pack, clean ones included.
+        self.noises.append(torch.zeros(n, self.builder.bundle.config.patch_latent_dim))
+        return VaeLatent(z, loss=False)
+
+    def noised_latent(self, image: np.ndarray) -> VaeLatent:
+        z, n = self._latent(image)  # draw order: posterior, flow noise, timestep
+        self.noises.append(torch.randn(n, self.builder.bundle.config.patch_latent_dim, generator=self.g))
+        return VaeLatent(z, loss=True, timestep_logit=float(torch.randn((), generator=self.g)))
 
 
 @dataclass
@@ -169,37 +218,12 @@ class SampleBuilder:
         return (vae.config.scale_factor * (z - vae.config.shift_factor))[0]
 
     def items(self, ex: ConceptExample, g: torch.Generator) -> tuple[list, list[torch.Tensor]]:
-        tok, bank = self.bundle.tokenizer, self.bank
-        names = sks(bank, ex.slot)
-        items: list = [Text(system_prompt_ids(tok, bank, ex.slot))]
-        noises: list[torch.Tensor] = []
-        patch_dim = self.bundle.config.patch_latent_dim
-
-        def latent(image, target: bool):
-            # Noise rows must line up with every latent token of the pack, clean ones included.
-            z = self._encode_latent(image, g)
-            p = self.bundle.config.latent_patch_size
-            n = (z.shape[1] // p) * (z.shape[2] // p)
-            if not target:
-                noises.append(torch.zeros(n, patch_dim))
-                return VaeLatent(z, loss=False)
-            noises.append(torch.randn(n, patch_dim, generator=g))
-            return VaeLatent(z, loss=True, timestep_logit=float(torch.randn((), generator=g)))
-
-        if ex.task in ("recognition", "vqa"):
-            items.append(VitImage(to_tensor(ex.image, (self.vit_size, self.vit_size))))
-        if ex.task in CE_TASKS:
-            items += [Text(encode(tok, ex.prompt, names)), Text(encode(tok, ex.answer or "", names), loss=True)]
-        elif ex.task == "t2i":
-            items += [Text(encode(tok, ex.prompt, names)), latent(ex.target, target=True)]
-        else:  # edit
-            items += [
-                latent(ex.image, target=False),
-                VitImage(to_tensor(ex.image, (self.vit_size, self.vit_size))),
-                Text(encode(tok, ex.prompt, names)),
-                latent(ex.target, target=True),
-            ]
-        return items, noises
+        """The sample of `ex` (its task's layout after the concept's system prompt) and its flow-noise rows."""
+        task = task_type(ex.task)
+        parts = ExampleParts(self, ex.slot, g)
+        items: list = [Text(system_prompt_ids(self.bundle.tokenizer, self.bank, ex.slot))]
+        items += task.sample(parts, ex)
+        return items, parts.noises
 
     def batch(self, examples: list[ConceptExample]) -> TrainBatch:
         samples, noises = [], []

@@ -1,5 +1,5 @@
 """Random world pictures with exact attribute labels: the data of the vision-encoder pretraining
-(stage 1b) and of the evaluation probe (`pipelines.evaluate.probe`), which draw from different streams."""
+(stage 1b) and of the evaluation probe (`omnipersona.pretrain.probe`), which draw from different streams."""
 from __future__ import annotations
 
 import numpy as np

@@ -7,7 +7,7 @@ What a user would upload, made from the world, in the paper's task mix:
     t2i          "a photo of <sks> on grass" -> the training view
     edit         "remove <sks>" / "change the background to ..." / "give <sks> a blue hat" triplets
 Held-out material (other views, other negatives, other wordings, the private items' pictures) is
-never used here: see `pipelines.evaluate.harness.eval_set_from_world`.
+never used here: see `omnipersona.world.eval_sets.eval_set_from_world`.
 """
 from __future__ import annotations
 

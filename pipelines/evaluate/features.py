@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .harness import FeatureExtractor
+from omnipersona.evaluation import FeatureExtractor
 
 
 class HFImageFeatures:

@@ -1,10 +1,11 @@
 """The job's promotion metrics for any uploaded concept, from its held-out examples.
 
-User uploads carry no attribute probe (that needs the generated world, see `harness.py`), so the
-gate of a production job uses what every concept has: recognition (weighted accuracy over its
-positives and negatives) and answer accuracy on its QA, measured on the ingest epoch that was held
-out of training (fresh augmentations and negative draws of the concept's data). Sample pictures
-(a generation and an edit) go to MLflow for people to look at.
+User uploads carry no eval set of their own (see `omnipersona.evaluation` for those), so the gate
+of a production job uses what every concept has: the ingest epoch that was held out of training
+(fresh augmentations and negative draws of the concept's data), each example scored by its task's
+held-out check (`omnipersona.tasks`: recognition as weighted accuracy over positives and
+negatives, answer accuracy of QA and VQA). Sample pictures (a generation and an edit) go to MLflow
+for people to look at.
 """
 from __future__ import annotations
 
@@ -12,25 +13,23 @@ from PIL import Image
 
 from omnipersona.concepts.samples import ConceptExample
 from omnipersona.infer.engine import Persona
-from pipelines.evaluate.metrics import answer_score, mean, weighted_recognition_accuracy
+from omnipersona.tasks import task_type
 
 
 def heldout_metrics(persona: Persona, name: str, examples: list[ConceptExample], max_examples: int = 16) -> dict[str, float]:
-    pos, neg, qa = [], [], {"text_qa": [], "vqa": []}
+    """Each task's held-out metrics over at most its share of `max_examples` examples, in their order."""
+    scores: dict[str, list] = {}
     for ex in examples:
-        prompt = ex.prompt.replace("<sks>", f"<{name}>")
-        if ex.task == "recognition" and len(pos) + len(neg) < max_examples:
-            p = persona.understand(prompt, image=ex.image, max_new_tokens=1).yes_probability
-            (pos if (ex.answer or "").lower().startswith("yes") else neg).append(p)
-        elif ex.task in qa and len(qa[ex.task]) < max_examples // 2:
-            said = persona.understand(prompt, image=ex.image if ex.task == "vqa" else None, max_new_tokens=16).text
-            qa[ex.task].append(answer_score(said, (ex.answer or "").replace("<sks>", name)))
+        check = task_type(ex.task).heldout
+        if check is None:
+            continue
+        done = scores.setdefault(ex.task, [])
+        if len(done) < int(check.share * max_examples):
+            done.append(check.score(persona, name, ex))
     metrics: dict[str, float] = {}
-    if pos or neg:
-        metrics.update(weighted_recognition_accuracy(pos, random_negatives=neg))
-    for task, scores in qa.items():
-        if scores:
-            metrics[f"{task}_accuracy"] = mean(scores)
+    for task, values in scores.items():
+        if values:
+            metrics.update(task_type(task).heldout.summarise(task, values))
     return {k: float(v) for k, v in metrics.items() if v == v}
 
 

@@ -10,6 +10,7 @@ Every text uses the placeholder ``<sks>`` for the concept.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from omnipersona.concepts.upload_schema import PLACEHOLDER, ConceptDescription, to_placeholder
 from omnipersona.identity import ConceptId
 from pipelines.ingest.augment import rng_for
-from pipelines.ingest.config import IngestConfig, Task
+from pipelines.ingest.config import IngestConfig
 
 S = PLACEHOLDER
 RECOGNITION_QUESTIONS = (f"Is {S} in this image?", f"Can you see {S} in this photo?", f"Does this picture show {S}?")
@@ -83,15 +84,75 @@ def cycle_draw(items: list[Any], n: int, rng: np.random.Generator) -> list[Any]:
     return out[:n]
 
 
+@dataclass
+class _Planning:
+    """What a task's planner draws from, for one concept and epoch (`add` appends a plan row)."""
+
+    material: ConceptMaterial
+    cfg: IngestConfig
+    texts: dict[str, list[tuple[str, str]]]
+    rng: np.random.Generator
+    add: Callable[..., None]
+    notes: list[str]
+
+
+def _plan_recognition(p: _Planning) -> None:
+    """`samples_per_task` positives and as many negatives (hard ones first, by `hard_negative_fraction`)."""
+    n, hard, rand = p.cfg.samples_per_task, p.material.hard_negatives, p.material.random_negatives
+    if not hard and not rand:
+        p.notes.append("recognition left out: no negative images available (no pool, no other concepts)")
+        return
+    questions = [q for q, _ in p.texts["recognition"]]
+    n_hard = round(n * p.cfg.hard_negative_fraction) if hard else 0
+    n_hard = n if not rand else n_hard
+    negatives = cycle_draw(hard, n_hard, p.rng) + cycle_draw(rand, n - n_hard, p.rng)
+    for image, question in zip(cycle_draw(p.material.positives, n, p.rng), cycle_draw(questions, n, p.rng)):
+        p.add("recognition", question, YES, image=image)
+    for image, question in zip(negatives, cycle_draw(questions, n, p.rng)):
+        p.add("recognition", question, NO, image=image)
+
+
+def _plan_vqa(p: _Planning) -> None:
+    n = p.cfg.samples_per_task
+    for (q, a), image in zip(cycle_draw(p.texts["vqa"], n, p.rng), cycle_draw(p.material.positives, n, p.rng)):
+        p.add("vqa", q, a, image=image)
+
+
+def _plan_text_qa(p: _Planning) -> None:
+    for q, a in cycle_draw(p.texts["text_qa"], p.cfg.samples_per_task, p.rng):
+        p.add("text_qa", q, a)
+
+
+def _plan_t2i(p: _Planning) -> None:
+    n = p.cfg.samples_per_task
+    for (prompt, _), target in zip(cycle_draw(p.texts["t2i"], n, p.rng), cycle_draw(p.material.positives, n, p.rng)):
+        p.add("t2i", prompt, "", target=target)
+
+
+def _plan_edit(p: _Planning) -> None:
+    for source, target, instruction in cycle_draw(p.material.edits, p.cfg.samples_per_task, p.rng):
+        p.add("edit", to_placeholder(instruction, p.material.spec.display_name), "", image=source, target=target)
+
+
+# Ingest's half of a task type (the library's half is its entry in `omnipersona.tasks`): how a
+# concept's uploads become examples of the task. `IngestConfig.tasks` may only name tasks listed here.
+TASK_PLANNERS: dict[str, Callable[[_Planning], None]] = {
+    "recognition": _plan_recognition,
+    "vqa": _plan_vqa,
+    "text_qa": _plan_text_qa,
+    "t2i": _plan_t2i,
+    "edit": _plan_edit,
+}
+
+
 def plan_concept_epoch(material: ConceptMaterial, cfg: IngestConfig, epoch: int) -> tuple[list[dict], list[str]]:
     """Plan rows for one concept and epoch, plus notes about tasks that had to be left out."""
     rng = rng_for("plan", cfg.seed, material.concept_key, epoch)
-    n = cfg.samples_per_task
     texts = _texts(material.spec)
     notes: list[str] = []
     rows: list[dict] = []
 
-    def add(task: Task, prompt: str, answer: str, image: str = "", target: str = "") -> None:
+    def add(task: str, prompt: str, answer: str, image: str = "", target: str = "") -> None:
         rows.append(
             {
                 "concept_key": material.concept_key,
@@ -106,31 +167,10 @@ def plan_concept_epoch(material: ConceptMaterial, cfg: IngestConfig, epoch: int)
             }
         )
 
-    if "recognition" in cfg.tasks:
-        hard, rand = material.hard_negatives, material.random_negatives
-        if not hard and not rand:
-            notes.append("recognition left out: no negative images available (no pool, no other concepts)")
-        else:
-            questions = [q for q, _ in texts["recognition"]]
-            n_hard = round(n * cfg.hard_negative_fraction) if hard else 0
-            n_hard = n if not rand else n_hard
-            negatives = cycle_draw(hard, n_hard, rng) + cycle_draw(rand, n - n_hard, rng)
-            for image, question in zip(cycle_draw(material.positives, n, rng), cycle_draw(questions, n, rng)):
-                add("recognition", question, YES, image=image)
-            for image, question in zip(negatives, cycle_draw(questions, n, rng)):
-                add("recognition", question, NO, image=image)
-    if "vqa" in cfg.tasks:
-        for (q, a), image in zip(cycle_draw(texts["vqa"], n, rng), cycle_draw(material.positives, n, rng)):
-            add("vqa", q, a, image=image)
-    if "text_qa" in cfg.tasks:
-        for q, a in cycle_draw(texts["text_qa"], n, rng):
-            add("text_qa", q, a)
-    if "t2i" in cfg.tasks:
-        for (prompt, _), target in zip(cycle_draw(texts["t2i"], n, rng), cycle_draw(material.positives, n, rng)):
-            add("t2i", prompt, "", target=target)
-    if "edit" in cfg.tasks and material.edits:
-        for source, target, instruction in cycle_draw(material.edits, n, rng):
-            add("edit", to_placeholder(instruction, material.spec.display_name), "", image=source, target=target)
+    planning = _Planning(material, cfg, texts, rng, add, notes)
+    for task, plan in TASK_PLANNERS.items():  # a fixed order: each task's draws follow the previous task's
+        if task in cfg.tasks:
+            plan(planning)
 
     order = rng_for("order", cfg.seed, material.concept_key, epoch).permutation(len(rows))
     return [rows[i] for i in order], notes

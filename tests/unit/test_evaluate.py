@@ -6,16 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
+from omnipersona.evaluation import EvalOptions, aggregate, evaluate_concept
+from omnipersona.evaluation.metrics import answer_score, mean_pairwise_cosine, weighted_recognition_accuracy
+from omnipersona.pretrain.probe import HEADS, ProbeConfig, probe_accuracy, train_probe
 from omnipersona.world import make_concepts
-from pipelines.evaluate.gate import EvaluationGate, gate_concepts
-from pipelines.evaluate.harness import EvalOptions, aggregate, eval_set_from_manifest, eval_set_from_world, evaluate_concept
-from pipelines.evaluate.metrics import (
-    answer_score,
-    edit_outcome,
-    mean_pairwise_cosine,
-    weighted_recognition_accuracy,
-)
-from pipelines.evaluate.probe import HEADS, ProbeConfig, Reading, probe_accuracy, train_probe
+from omnipersona.world.eval_sets import eval_set_from_manifest, eval_set_from_world
+from omnipersona.world.judging import Reading, WorldJudge, edit_outcome
+from pipelines.evaluate.gate import Gate, gate_concepts
 
 
 # ----------------------------------------------------------------------------- metric arithmetic
@@ -67,7 +64,7 @@ def test_clip_i_is_a_mean_cosine():
 
 # ----------------------------------------------------------------------------- gate
 def test_gate_passes_and_fails_with_reasons():
-    gate = EvaluationGate(minimums={"recognition_accuracy": 0.7}, maximums={"loss": 2.0}, minimum_gains={"text_qa_accuracy": 0.2})
+    gate = Gate(minimums={"recognition_accuracy": 0.7}, maximums={"loss": 2.0}, minimum_gains={"text_qa_accuracy": 0.2})
     good = {"recognition_accuracy": 0.8, "loss": 1.0, "text_qa_accuracy": 0.6}
     assert gate.evaluate(good, baseline={"text_qa_accuracy": 0.3}).passed
     bad = gate.evaluate({"recognition_accuracy": 0.6, "loss": float("nan"), "text_qa_accuracy": 0.4}, baseline={"text_qa_accuracy": 0.3})
@@ -76,18 +73,9 @@ def test_gate_passes_and_fails_with_reasons():
     assert any(r.startswith("loss missing") for r in bad.reasons)
     assert any("text_qa_accuracy gained +0.1" in r for r in bad.reasons)
     assert not gate.evaluate(good).passed  # gains need a baseline
-    assert EvaluationGate().evaluate({}).passed
+    assert Gate().evaluate({}).passed
     decisions = gate_concepts({"a": good, "b": {}}, gate, {"a": {"text_qa_accuracy": 0.0}})
     assert decisions["a"].passed and not decisions["b"].passed
-
-
-def test_gate_bounds_configure_the_registry_gate_alike():
-    from pipelines.register import GateConfig
-
-    gate = EvaluationGate(minimums={"recognition_accuracy": 0.7, "vqa_accuracy": 0.4})
-    registry = GateConfig(**gate.registry_config())
-    for metrics in ({"recognition_accuracy": 0.8, "vqa_accuracy": 0.5}, {"recognition_accuracy": 0.8, "vqa_accuracy": 0.3}, {}):
-        assert registry.evaluate(metrics).passed == gate.evaluate(metrics).passed
 
 
 # ----------------------------------------------------------------------------- held-out sets
@@ -135,7 +123,7 @@ def test_manifest_eval_set_matches_the_world_one(concept, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the harness end to end
-class OracleProbe:
+class OracleProbe(WorldJudge):
     """Reads images by identity from a table (what a perfect judge would say)."""
 
     def __init__(self):
@@ -203,12 +191,14 @@ def test_oracle_scores_one_and_a_silent_model_scores_chance(concept):
     es = eval_set_from_world(concept, opts)
     probe = OracleProbe()
     best = evaluate_concept(OraclePersona(es, probe), es, probe)
-    for key in ("recognition_accuracy", "text_qa_accuracy", "vqa_accuracy", "generation_probe", "parg", "edit_score", "parg_recall"):
+    for key in ("recognition_accuracy", "text_qa_accuracy", "vqa_accuracy", "generation_probe", "parg", "edit_score", "parg_recall",
+                "text_qa_visible", "text_qa_private"):
         assert best[key] == pytest.approx(1.0), key
     assert 0.0 < best["clip_i"] <= 1.0
     worst = evaluate_concept(SilentPersona(es, probe), es, probe)
     assert worst["recognition_accuracy"] == pytest.approx(0.5)
     assert worst["text_qa_accuracy"] == 0.0 and worst["vqa_accuracy"] == 0.0
+    assert worst["text_qa_visible"] == worst["text_qa_private"] == 0.0
     table = aggregate({"a": best, "b": worst})
     assert table["text_qa_accuracy"] == pytest.approx(0.5)
 
@@ -231,6 +221,69 @@ def test_harness_runs_a_real_persona(tiny_bagel, concept):
     m = evaluate_concept(persona, es, probe, replay=False, max_new_tokens=2)
     for key in ("recognition_accuracy", "text_qa_accuracy", "vqa_accuracy", "generation_probe", "clip_i", "parg", "edit_score"):
         assert key in m and 0.0 <= m[key] <= 1.0, (key, m.get(key))
+
+
+# ----------------------------------------------------------------------------- plug-ins
+def test_plugin_names_are_checked_when_the_config_is_read():
+    from pydantic import ValidationError
+
+    from pipelines.config import EvaluationSettings
+
+    default = EvaluationSettings()
+    assert default.eval_set_reader == "world" and default.judge is None
+    assert EvaluationSettings(judge="world").judge == "world"
+    assert EvaluationSettings(judge="my_lab.judges:clip_judge").judge == "my_lab.judges:clip_judge"  # imported when the stage runs
+    for bad in ("wrold", "my_lab.judges", "my lab:judge", ""):
+        with pytest.raises(ValidationError, match="neither a known name"):
+            EvaluationSettings(judge=bad)
+    with pytest.raises(ValidationError, match="eval_set_reader 'manifest' is neither a known name"):
+        EvaluationSettings(eval_set_reader="manifest")
+
+
+def test_plugins_load_when_the_stage_runs_with_clear_errors():
+    from omnipersona.evaluation.plugins import load_plugin
+    from omnipersona.pretrain.probe import world_judge
+    from omnipersona.world.eval_sets import read_eval_set
+
+    assert load_plugin("judge", "world") is world_judge
+    assert load_plugin("eval_set_reader", "world") is read_eval_set
+    assert load_plugin("eval_set_reader", "omnipersona.world.eval_sets:read_eval_set") is read_eval_set
+    with pytest.raises(ValueError, match="cannot import 'no_such_module'"):
+        load_plugin("judge", "no_such_module:judge")
+    with pytest.raises(ValueError, match="omnipersona.pretrain.probe:no_such_judge does not exist"):
+        load_plugin("judge", "omnipersona.pretrain.probe:no_such_judge")
+    with pytest.raises(ValueError, match="is not callable"):
+        load_plugin("judge", "omnipersona.world.eval_sets:TEXT_QA_GROUPS")
+
+
+def test_the_stage_scores_with_the_plugins_its_config_names(concept, tmp_path):
+    """`evaluation.eval_set_reader` / `evaluation.judge` as 'module:attr': the stage reads and judges
+    with them and nothing else."""
+    from omnipersona.identity import ConceptId
+    from pipelines.config import EvaluationSettings
+    from pipelines.evaluate.benchmark import benchmark_metrics, load_judge
+    from pipelines.storage import StorageConfig
+    from tests.unit import evaluation_plugins as plugins
+
+    settings = EvaluationSettings(eval_sets_uri=str(tmp_path), eval_set_reader="tests.unit.evaluation_plugins:read_eval_set",
+                                  judge="tests.unit.evaluation_plugins:counting_judge")
+    logged = []
+    judge = load_judge(settings, 32, logged.append)
+    assert logged == ["counting judge for 32-pixel pictures"]
+    assert load_judge(settings.model_copy(update={"judge": None}), 32) is None
+    assert load_judge(settings.model_copy(update={"eval_sets_uri": None}), 32) is None
+
+    es = eval_set_from_world(concept, EvalOptions(views=2, hard_negatives=1, random_negatives=1, vqa_per_view=1, generations=2, edits=2))
+    plugins.EVAL_SETS[concept.name] = es
+    try:
+        m = benchmark_metrics(settings, StorageConfig(), SilentPersona(es, OracleProbe()), ConceptId("acme", concept.name), 32, judge)
+        assert m["pictures_judged"] == len(es.generation_prompts) + len(es.parg) + len(es.edits) == 2 + 3 + 2
+        assert m["recognition_accuracy"] == pytest.approx(0.5) and "generation_probe" not in m and "clip_i" not in m
+        assert benchmark_metrics(settings, StorageConfig(), None, ConceptId("acme", "nobody"), 32, judge) == {}
+        assert [(c.key, o.image_size) for c, o in plugins.READS[-2:]] == [(f"acme/{concept.name}", 32), ("acme/nobody", 32)]
+    finally:
+        plugins.EVAL_SETS.clear()
+        plugins.READS.clear()
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -321,7 +374,6 @@ def test_job_scores_concepts_on_their_held_out_sets_and_gates_on_the_metrics(tin
     from omnipersona.world.uploads import write_eval_sets
     from pipelines.config import JobConfig
     from pipelines.personalize import _benchmark_metrics
-    from pipelines.register import GateConfig
     from pipelines.train.runner import ConceptSpec
 
     write_eval_sets({"acme": [concept]}, tmp_path / "eval", options=WriteOptions(size=64, views=1, hard_negatives=1, random_negatives=1))
@@ -335,8 +387,8 @@ def test_job_scores_concepts_on_their_held_out_sets_and_gates_on_the_metrics(tin
     m = _benchmark_metrics(cfg, persona, ConceptSpec(f"acme/{concept.name}", concept.name, concept.class_word, "d"), 64)
     for key in ("recognition_accuracy", "recognition_hard_negative", "text_qa_accuracy", "vqa_accuracy"):
         assert key in m and 0.0 <= m[key] <= 1.0, (key, m.get(key))
-    assert "generation_probe" not in m and "clip_i" not in m  # image judges are opt-in (evaluation.world_probe)
+    assert "generation_probe" not in m and "clip_i" not in m  # image judges are opt-in (evaluation.judge)
     assert _benchmark_metrics(cfg, persona, ConceptSpec("acme/nobody", "nobody", "dog", "d"), 64) == {}
 
-    decision = GateConfig(minimums={"recognition_hard_negative": 1.01}).evaluate(m)
+    decision = Gate(minimums={"recognition_hard_negative": 1.01}).evaluate(m)
     assert not decision.passed and "recognition_hard_negative" in " ".join(decision.reasons)

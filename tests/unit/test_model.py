@@ -353,3 +353,34 @@ def test_library_imports_no_ray_or_mlflow():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pipelines_import_neither_the_world_nor_pretraining():
+    """Evaluation plug-ins (the world's eval sets, its probe) are named by the job config and loaded at
+    run time: no module under pipelines/ imports omnipersona.world or omnipersona.pretrain, neither
+    at the top nor inside a function (ast), nor through another module (sys.modules after importing them all)."""
+    import ast
+    from pathlib import Path
+
+    forbidden = ("omnipersona.world", "omnipersona.pretrain")
+
+    def is_forbidden(name: str) -> bool:
+        return any(name == f or name.startswith(f + ".") for f in forbidden)
+
+    root = Path(__file__).resolve().parents[2]
+    direct = []
+    for path in sorted((root / "pipelines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            direct += [f"{path.relative_to(root)}: {n}" for n in names if is_forbidden(n)]
+    assert not direct, direct
+    code = (
+        "import sys, pkgutil, importlib, pipelines\n"
+        "for m in pkgutil.walk_packages(pipelines.__path__, 'pipelines.'):\n"
+        "    importlib.import_module(m.name)\n"
+        f"bad = sorted(k for k in sys.modules if k.startswith({forbidden!r}))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -3,11 +3,12 @@
 Names follow OmniPBench (Zhong et al., 2026): recognition is a weighted accuracy (positives and
 negatives count half each, and hard and random negatives half of the negative half each); QA and
 VQA are judged 0 / 0.5 / 1 like the paper's judge, here by matching the answer's content words.
+What a picture shows is a judge's business (`harness.ImageJudge`), not this module's.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -69,14 +70,6 @@ def weighted_recognition_accuracy(
     return out
 
 
-def attribute_match(read: Mapping[str, str], expected: Mapping[str, str], keys: Sequence[str]) -> float:
-    """Share of `keys` on which a probe reading agrees with the expected attributes."""
-    keys = [k for k in keys if k in expected]
-    if not keys:
-        return float("nan")
-    return float(np.mean([read.get(k) == expected[k] for k in keys]))
-
-
 def cosine_similarity_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -90,26 +83,3 @@ def mean_pairwise_cosine(generated: np.ndarray, references: np.ndarray) -> float
     if len(generated) == 0 or len(references) == 0:
         return float("nan")
     return float(cosine_similarity_matrix(generated, references).mean())
-
-
-def edit_outcome(kind: str, before: Mapping[str, str], after: Mapping[str, str], requested: Mapping[str, str]) -> tuple[float, float]:
-    """(applied, kept) of one edit from probe readings of the source (`before`) and result (`after`).
-
-    - remove: applied = the object is gone; kept = the background stayed.
-    - background: applied = the requested background; kept = share of the identity attributes
-      (shape, colour, pattern, accessory) that match the concept.
-    - accessory / recolour: applied = the requested accessory / colour; kept = share of the other
-      identity attributes that match the concept.
-    `requested` holds the concept's attributes and the requested values (`background`, `accessory`,
-    `colour`); `present` is 'yes'/'no' in readings.
-    """
-    identity = ("shape", "colour", "pattern", "accessory")
-    if kind == "remove":
-        return float(after.get("present") == "no"), float(after.get("background") == before.get("background"))
-    if kind == "background":
-        return float(after.get("background") == requested["background"]), attribute_match(after, requested, identity)
-    if kind in ("accessory", "recolour"):
-        changed = "accessory" if kind == "accessory" else "colour"
-        others = [k for k in identity if k != changed]
-        return float(after.get(changed) == requested[changed]), attribute_match(after, requested, others)
-    raise ValueError(f"unknown edit kind {kind!r}")

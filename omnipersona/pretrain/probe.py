@@ -2,8 +2,10 @@
 
 It reads the visible attributes the world defines (object present, shape, colour, pattern,
 accessory, accessory colour, background, private item icon) off a picture, so generation fidelity,
-PARG and editing are checked the way OmniPBench's judges do, with exact labels instead of a VLM.
-Its penultimate features are the CLIP-I analogue (image-feature cosine to the references).
+PARG and editing are checked the way OmniPBench's judges do, with exact labels instead of a VLM
+(`omnipersona.world.judging.WorldJudge` turns its readings into metrics). Its penultimate features
+are the CLIP-I analogue (image-feature cosine to the references). `world_judge` is the job's
+`world` judge plug-in (`omnipersona.evaluation.plugins`).
 
 Trained on clean renders plus blurred / resampled / noisy copies, so it reads the soft pictures a
 small VAE decodes as well. Independent of the model under test; cached like the world base.
@@ -15,7 +17,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from omnipersona.pretrain.labels import HEADS, ITEM_KINDS
-from omnipersona.pretrain.labels import labelled_render as _labelled
+from ..world.judging import Reading, WorldJudge
+from .labels import HEADS
+from .labels import labelled_render as _labelled
 
 OBJECT_HEADS = ("shape", "colour", "pattern", "accessory_type", "accessory_colour")
 PROBE_ENV = "OMNIPERSONA_BASE_CACHE"
@@ -49,23 +51,9 @@ class ProbeConfig(BaseModel):
         return hashlib.sha256(json.dumps({"v": 1, **self.model_dump()}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-@dataclass(frozen=True)
-class Reading:
-    """What the probe sees in one image (strings in the world's vocabulary)."""
+class WorldProbe(nn.Module, WorldJudge):
+    """The probe network; its `read` and `features` make it a `WorldJudge` (the harness' picture judge)."""
 
-    present: bool
-    shape: str
-    colour: str
-    pattern: str
-    accessory: str  # "red hat" / "none", the form of `visible_attributes`
-    background: str
-    item: str  # item kind ("excavator", "teddy bear", ...) or "none"
-
-    def visible(self) -> dict[str, str]:
-        return {"shape": self.shape, "colour": self.colour, "pattern": self.pattern, "accessory": self.accessory}
-
-
-class WorldProbe(nn.Module):
     def __init__(self, cfg: ProbeConfig = ProbeConfig()):
         super().__init__()
         self.cfg = cfg
@@ -216,3 +204,8 @@ def ensure_probe(cfg: ProbeConfig = ProbeConfig(), root: str | Path | None = Non
     (folder / "probe_config.json").write_text(cfg.model_dump_json(indent=2))
     tmp.rename(weights)
     return probe
+
+
+def world_judge(image_size: int, log=print) -> WorldProbe:
+    """The `world` judge plug-in: the cached probe for pictures of `image_size` pixels."""
+    return ensure_probe(ProbeConfig(image_size=image_size), log=log)
