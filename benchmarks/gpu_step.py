@@ -165,7 +165,7 @@ def run_variant(name: str, args) -> dict:
         else:
             import deepspeed
 
-            from pipelines.train.runner import PackModule
+            from omnipersona.training import PackModule
 
             engine, *_ = deepspeed.initialize(model=PackModule(bundle, bank), optimizer=optimizer,
                                               model_parameters=list(bank.parameters()), config=ds_cfg)

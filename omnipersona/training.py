@@ -1,18 +1,31 @@
-"""Training the concept tokens of a pack over the frozen model: config, step sampling, one step.
+"""Training the concept tokens of a pack over the frozen model: the recipe, step sampling, the loss,
+and the one pack trainer.
 
-This is the plain-PyTorch recipe (notebooks, tests, benchmarks); `pipelines/train` runs the same
-`compute_loss` inside DeepSpeed engines on Ray workers.
+`PackTrainer` runs a pack's steps over a `TrainEngine`: anything called as `engine(batch, weights)`
+with `engine.backward(loss)` and `engine.step()` (the latter also steps the LR schedule).
+`TorchEngine` is the plain-PyTorch one (`train_pack`: notebooks, tests, benchmarks); the Ray workers
+of `pipelines/train` hand it DeepSpeed's engine, which has the same shape. The recipe's optimizer
+and LR schedule are built by `make_optimizer` for both.
 """
 from __future__ import annotations
 
 import hashlib
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
 
 import torch
 from pydantic import BaseModel, Field
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from .concepts.bank import ConceptBank
-from .concepts.samples import ConceptExample, SampleBuilder, TrainBatch
+from .concepts.init import init_concept
+from .concepts.samples import ConceptExample, ImageCache, SampleBuilder, TrainBatch
 from .objectives import LossWeights, concept_losses
 
 
@@ -22,7 +35,7 @@ class TrainConfig(BaseModel):
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(8, ge=1, description="examples per concept per optimizer step")
     lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear LR warmup at the start of every pack (0: constant LR)")
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     lambda_img: float = 1.0
@@ -97,22 +110,229 @@ def compute_loss(bundle, bank: ConceptBank, batch: TrainBatch, weights: LossWeig
     return loss, per_concept
 
 
-def make_optimizer(bank: ConceptBank, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    opt = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    return opt, sched
-
-
 def pack_step_examples(pools: list[ConceptPool], start: int, stop: int, batch_size: int, seed: int):
     """Every example that steps start..stop-1 of a pack draw (what `SampleBuilder.precompute` takes)."""
     for step in range(start, stop):
         yield from step_examples(pools, step, batch_size, seed)
 
 
-def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainConfig, on_step=None,
-               builder: SampleBuilder | None = None) -> list[dict]:
-    """Train every concept of the pack for `cfg.steps` optimizer steps; returns per-step losses.
+def example_share(examples: Iterable[ConceptExample], rank: int, world: int) -> list[ConceptExample]:
+    """A data-parallel rank's share of a step: example i of each concept goes to rank i mod world
+    (examples come concept-major)."""
+    per_concept: dict[int, int] = {}
+    mine = []
+    for ex in examples:
+        i = per_concept.get(ex.slot, 0)
+        per_concept[ex.slot] = i + 1
+        if i % world == rank:
+            mine.append(ex)
+    return mine
+
+
+# ----------------------------------------------------------------------------- a pack's start values
+
+
+def concept_init_seed(seed: int, concept_key: str) -> int:
+    """The seed of a concept's initial tokens: the same in any pack, on any worker."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{concept_key}".encode()).digest()[:6], "little")
+
+
+@torch.no_grad()
+def init_pack_concepts(bank: ConceptBank, bundle, pools: list[ConceptPool], class_words: list[str], cfg: TrainConfig,
+                       cache: ImageCache | None = None) -> None:
+    """Fresh initial tokens for every concept of a pack (slot = position in `pools`), by `cfg.init`,
+    from up to 4 of the concept's positive recognition images."""
+    for slot, (pool, class_word) in enumerate(zip(pools, class_words, strict=True)):
+        images = [ex.image for ex in pool.examples
+                  if ex.task == "recognition" and ex.answer == "Yes" and ex.image is not None][:4]
+        init_concept(bank, slot, bundle, class_word, images, strategy=cfg.init,
+                     seed=concept_init_seed(cfg.seed, pool.concept_key), cache=cache)
+
+
+# ----------------------------------------------------------------------------- optimizer and LR schedule
+
+
+def warmup_factor(warmup_steps: int, step: int) -> float:
+    """Linear warmup, then constant: step s of a pack runs at lr * min(1, (s + 1) / warmup_steps)."""
+    return min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def make_optimizer(bank: ConceptBank, cfg: TrainConfig) -> tuple[torch.optim.AdamW, LambdaLR]:
+    """The recipe's AdamW over the bank and its LR schedule: the one place both are built (the
+    plain-PyTorch engine and DeepSpeed's are handed these two)."""
+    optimizer = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # A partial, not a lambda: the scheduler's state_dict (DeepSpeed checkpoints it) stays plain data.
+    return optimizer, LambdaLR(optimizer, partial(warmup_factor, cfg.warmup_steps))
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Zero AdamW's moments and step counts, as a fresh optimizer has them, keeping the tensors.
+
+    Works on DeepSpeed's ZeRO wrappers too (their `state` is the wrapped AdamW's): the optimizer only
+    ever sees the bank (under ZeRO as flat partitions of it), so this is exactly a fresh optimizer.
+    The state is created lazily, so before the first step there is nothing to zero.
+    """
+    for state in optimizer.state.values():
+        for key, value in list(state.items()):
+            if torch.is_tensor(value):
+                value.zero_()
+            elif key == "step":
+                state[key] = 0
+
+
+_STEP_BEFORE_OPTIMIZER = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+
+
+def set_schedule_step(scheduler: LambdaLR, step: int) -> None:
+    """Put the LR schedule at `step` of the pack and write that step's lr into the optimizer.
+
+    Step 0 when a pack starts (its warmup runs again); the checkpointed step when a pack resumes.
+    """
+    scheduler.last_epoch = step - 1
+    with warnings.catch_warnings():
+        # Stepping a fresh scheduler before any optimizer step is the point here, not a mistake.
+        warnings.filterwarnings("ignore", message=_STEP_BEFORE_OPTIMIZER, category=UserWarning)
+        scheduler.step()
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+class TrainEngine(Protocol):
+    """What `PackTrainer` drives. DeepSpeed's engine has this shape already."""
+
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: LambdaLR
+    device: torch.device
+
+    def __call__(self, batch: TrainBatch, weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> None:
+        """Optimizer step, LR schedule step, gradients cleared."""
+
+
+class PackModule(nn.Module):
+    """The frozen backbone plus the trainable bank; its forward is `compute_loss` (what an engine wraps)."""
+
+    def __init__(self, bundle, bank: ConceptBank):
+        super().__init__()
+        self.backbone = bundle.model  # a submodule, so an engine places (and ZeRO-3 partitions) it
+        self.bank = bank
+        self._bundle = bundle
+
+    def forward(self, batch: TrainBatch, weights: LossWeights):
+        return compute_loss(self._bundle, self.bank, batch, weights)
+
+
+class TorchEngine:
+    """The plain-PyTorch engine: a `PackModule`, its optimizer and LR schedule, with DeepSpeed's call shape."""
+
+    def __init__(self, module: PackModule, optimizer: torch.optim.Optimizer, lr_scheduler: LambdaLR):
+        self.module, self.optimizer, self.lr_scheduler = module, optimizer, lr_scheduler
+        self.optimizer.zero_grad(set_to_none=True)  # like DeepSpeed: steps start from clean gradients
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.bank.parameters()).device
+
+    def __call__(self, batch: TrainBatch, weights: LossWeights):
+        return self.module(batch, weights)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------- the pack trainer
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step of a pack, as this rank saw it (what `on_step` receives on either path)."""
+
+    step: int
+    loss: float
+    task_losses: dict[str, list[float]]  # task -> per slot of the pack; NaN where a slot had none
+    samples: list[int]  # examples per slot
+    seconds: float
+
+
+class PackTrainer:
+    """The steps of a pack over any `TrainEngine`: `train_pack` and the Ray workers both run this.
+
+    Data parallel over `world` ranks: at each step a rank takes its share of every concept's
+    examples (`example_share`); the engine averages gradients (a single rank: nothing to average).
+    """
+
+    def __init__(self, engine: TrainEngine, builder: SampleBuilder, recipe: TrainConfig, rank: int = 0, world: int = 1):
+        self.engine, self.builder, self.recipe = engine, builder, recipe
+        self.rank, self.world = rank, world
+
+    def examples(self, pools: list[ConceptPool], step: int) -> list[ConceptExample]:
+        """This rank's examples of `step`."""
+        r = self.recipe
+        return example_share(step_examples(pools, step, r.batch_size, r.seed), self.rank, self.world)
+
+    def batch(self, examples: list[ConceptExample]) -> TrainBatch:
+        # Batches are built on the CPU and moved to where the engine runs (a worker's GPU).
+        return self.builder.batch(examples).to(self.engine.device)
+
+    def start_pack(self, pools: list[ConceptPool], start: int = 0) -> int:
+        """Make ready for the pack's steps `start`.. .
+
+        A new pack (`start` 0) gets zeroed optimizer state; the LR schedule goes to `start`, so a new
+        pack warms up again and a resumed one (optimizer state loaded from its checkpoint) continues.
+        The VAE posterior of every latent image those steps use (and step 0's, whose batch the
+        first-batch losses use) is encoded here, once, so the steps never run the VAE encoder.
+        Returns the number of images encoded.
+        """
+        if start == 0:
+            reset_optimizer_state(self.engine.optimizer)
+        set_schedule_step(self.engine.lr_scheduler, start)
+        steps = ([0] if start > 0 else []) + list(range(start, self.recipe.steps))
+        return self.builder.precompute(ex for step in steps for ex in self.examples(pools, step))
+
+    def train(self, pools: list[ConceptPool], start: int, stop: int,
+              on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
+        """Steps `start`..`stop`-1 of the pack; each calls `on_step` with its record."""
+        records = []
+        n = len(pools)
+        for step in range(start, stop):
+            t0 = time.perf_counter()
+            examples = self.examples(pools, step)
+            loss, table = self.engine(self.batch(examples), self.recipe.loss_weights)
+            self.engine.backward(loss)
+            self.engine.step()
+            samples = [0] * n
+            for ex in examples:
+                samples[ex.slot] += 1
+            record = StepRecord(step, float(loss.detach()), {task: v[:n].tolist() for task, v in table.items()},
+                                samples, time.perf_counter() - t0)
+            records.append(record)
+            if on_step is not None:
+                on_step(record)
+        return records
+
+    @torch.no_grad()
+    def first_batch_losses(self, pools: list[ConceptPool]) -> list[float]:
+        """Per-concept loss (sum over its tasks) on step 0's examples with the current tokens: the
+        same data before and after training, a clean "did it learn"."""
+        _, table = self.engine(self.batch(self.examples(pools, 0)), self.recipe.loss_weights)
+        totals = torch.zeros(len(pools))
+        for values in table.values():
+            totals += torch.nan_to_num(values[: len(pools)].cpu(), nan=0.0)
+        return totals.tolist()
+
+
+def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainConfig,
+               on_step: Callable[[StepRecord], None] | None = None, builder: SampleBuilder | None = None) -> list[StepRecord]:
+    """Train every concept of the pack for `cfg.steps` optimizer steps in plain PyTorch; returns the steps' records.
 
     `builder` (optional) is a `SampleBuilder` of this bundle and bank whose cache may already hold
     the pack's images (e.g. filled by `init_concept(..., cache=builder.cache)`).
@@ -122,20 +342,7 @@ def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainCo
         builder = SampleBuilder(bundle, bank, cfg.vit_size, cfg.vae_size)
     elif builder.bank is not bank:
         raise ValueError("builder was made for another bank")
-    # The VAE is frozen: encode each latent image the steps will use once, here, not at every step.
-    builder.precompute(pack_step_examples(pools, 0, cfg.steps, cfg.batch_size, cfg.seed))
-    opt, sched = make_optimizer(bank, cfg)
-    device = next(bank.parameters()).device
-    history = []
-    for step in range(cfg.steps):
-        batch = builder.batch(step_examples(pools, step, cfg.batch_size, cfg.seed)).to(device)
-        loss, table = compute_loss(bundle, bank, batch, cfg.loss_weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        record = {"step": step, "loss": float(loss.detach()), **{k: v.tolist() for k, v in table.items()}}
-        history.append(record)
-        if on_step is not None:
-            on_step(record)
-    return history
+    optimizer, schedule = make_optimizer(bank, cfg)
+    trainer = PackTrainer(TorchEngine(PackModule(bundle, bank), optimizer, schedule), builder, cfg)
+    trainer.start_pack(pools)
+    return trainer.train(pools, 0, cfg.steps, on_step)

@@ -21,7 +21,8 @@ from pipelines.register import ConceptRegistry, JobRunSpec
 from pipelines.storage import filesystem_for, write_bytes_atomic
 from pipelines.summary import ConceptOutcome, JobSummary
 from pipelines.train.example_store import read_pools, write_examples
-from pipelines.train.runner import ConceptSpec, artifact_exists
+from omnipersona.identity import ConceptId
+from pipelines.train.runner import TrainConcept, artifact_exists
 from pipelines.train.stage import run_training
 
 log = logging.getLogger("omnipersona.job")
@@ -91,12 +92,12 @@ def run_job(cfg: JobConfig) -> JobSummary:
     # 2. select: skip what is registered, register what is exported, train the rest
     log.info("[2/5] select new or changed concepts")
     art_fs, art_root = filesystem_for(cfg.artifacts.root, cfg.storage)
-    specs = [ConceptSpec(c.concept_key, c.display_name, c.class_word, c.data_digest) for c in ingest.concepts]
+    specs = [TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest) for c in ingest.concepts]
     to_train, to_register = [], []
     for s in specs:
-        existing = registry.find_version(registry.model_name(s.tenant, s.concept), s.data_digest, recipe_hash)
+        existing = registry.find_version(registry.model_name(s.id.tenant, s.id.concept), s.data_digest, recipe_hash)
         if existing is not None:
-            summary.add(ConceptOutcome(concept_key=s.concept_key, outcome="skipped", model_name=registry.model_name(s.tenant, s.concept),
+            summary.add(ConceptOutcome(concept_key=s.id.key, outcome="skipped", model_name=registry.model_name(s.id.tenant, s.id.concept),
                                        version=str(existing.version), reason="this data and config are already registered"))
         elif artifact_exists(art_fs, art_root, s):
             to_register.append(s)  # exported by an earlier run that could not register it
@@ -111,7 +112,7 @@ def run_job(cfg: JobConfig) -> JobSummary:
     ex_fs, ex_path = filesystem_for(examples_uri, cfg.storage)
     needs_examples = to_train or (cfg.evaluation.enabled and to_register)
     if needs_examples and ex_fs.get_file_info(ex_path).type.name == "NotFound":
-        wanted = {s.concept_key for s in to_train + to_register}
+        wanted = {s.id.key for s in to_train + to_register}
         write_examples(ingest.dataset.filter(lambda r: r["concept_key"] in wanted), ex_fs, ex_path)
     if to_train:
         log.info("[3/5] train %d concepts", len(to_train))
@@ -126,19 +127,19 @@ def run_job(cfg: JobConfig) -> JobSummary:
         if artifact_exists(art_fs, art_root, s):
             to_register.append(s)
         else:
-            summary.add(ConceptOutcome(concept_key=s.concept_key, outcome="failed", reason="training did not produce an artifact (see the job log)"))
+            summary.add(ConceptOutcome(concept_key=s.id.key, outcome="failed", reason="training did not produce an artifact (see the job log)"))
 
     # 4 + 5. evaluate and register, one concept at a time; one failure never stops the others
     log.info("[4/5] evaluate and [5/5] register %d concepts", len(to_register))
     probe = _world_probe(cfg) if to_register else None
-    for i, s in enumerate(sorted(to_register, key=lambda c: c.concept_key), 1):
+    for i, s in enumerate(sorted(to_register, key=lambda c: c.id.key), 1):
         try:
             outcome = _evaluate_and_register(cfg, registry, run_id, bundle, s, art_fs, art_root, ex_fs, ex_path, held_out, probe)
         except Exception as exc:  # noqa: BLE001 - reported per concept, the batch goes on
-            log.exception("concept %s failed", s.concept_key)
-            outcome = ConceptOutcome(concept_key=s.concept_key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
+            log.exception("concept %s failed", s.id.key)
+            outcome = ConceptOutcome(concept_key=s.id.key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
         summary.add(outcome)
-        log.info("registered %d/%d: %s -> %s %s", i, len(to_register), s.concept_key, outcome.outcome, outcome.version or "")
+        log.info("registered %d/%d: %s -> %s %s", i, len(to_register), s.id.key, outcome.outcome, outcome.version or "")
 
     summary.finish()
     _write_summary(cfg, registry, run_id, summary)
@@ -147,12 +148,12 @@ def run_job(cfg: JobConfig) -> JobSummary:
     return summary
 
 
-def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs, art_root, ex_fs, ex_path, held_out, probe):
+def _evaluate_and_register(cfg, registry, run_id, bundle, s: TrainConcept, art_fs, art_root, ex_fs, ex_path, held_out, probe):
     from omnipersona.infer.engine import Persona
     from omnipersona.model.sampling import FlowSampling
     from pipelines.evaluate.heldout import heldout_metrics, sample_pictures
 
-    path = f"{art_root}/{artifact_subpath(s.tenant, s.concept, s.data_digest)}"
+    path = f"{art_root}/{artifact_subpath(s.id.tenant, s.id.concept, s.data_digest)}"
     metrics, pictures = {}, {}
     if cfg.evaluation.enabled:
         artifact = ConceptArtifact.load(path, filesystem=art_fs, expected_fingerprint=bundle.fingerprint)
@@ -161,18 +162,18 @@ def _evaluate_and_register(cfg, registry, run_id, bundle, s: ConceptSpec, art_fs
         # The concept's held-out set when the job has one; else the ingest epoch held out of training.
         metrics = _benchmark_metrics(cfg, persona, s, cfg.ingest.vit_size, probe)
         if not metrics or cfg.evaluation.sample_images:
-            pool = read_pools(ex_fs, ex_path, [s.concept_key], only_epochs=held_out or None)[0]
+            pool = read_pools(ex_fs, ex_path, [s.id.key], only_epochs=held_out or None)[0]
         if not metrics:
             metrics = heldout_metrics(persona, artifact.manifest.display_name, pool.examples, cfg.evaluation.max_examples)
         if cfg.evaluation.sample_images:
             pictures = sample_pictures(persona, artifact.manifest.display_name, pool.examples)
-    data_uri = f"{cfg.ingest.uploads_uri.rstrip('/')}/{s.concept_key}"
+    data_uri = f"{cfg.ingest.uploads_uri.rstrip('/')}/{s.id.key}"
     res = registry.register_concept(run_id, path, filesystem=art_fs, metrics=metrics, images=pictures, gate=cfg.gate, data_uri=data_uri)
     reason = "" if res.gate is None or res.gate.passed else "gate: " + "; ".join(res.gate.reasons)
     if res.status == "already_registered":
-        return ConceptOutcome(concept_key=s.concept_key, outcome="skipped", model_name=res.model_name, version=str(res.version),
+        return ConceptOutcome(concept_key=s.id.key, outcome="skipped", model_name=res.model_name, version=str(res.version),
                               reason="this data and config are already registered")
-    return ConceptOutcome(concept_key=s.concept_key, outcome="done", model_name=res.model_name, version=str(res.version),
+    return ConceptOutcome(concept_key=s.id.key, outcome="done", model_name=res.model_name, version=str(res.version),
                           promoted=res.promoted, metrics=metrics, reason=reason)
 
 
@@ -183,15 +184,14 @@ def _world_probe(cfg: JobConfig):
     return load_judge(cfg.evaluation, cfg.ingest.vit_size, log=log.info)
 
 
-def _benchmark_metrics(cfg: JobConfig, persona, s: ConceptSpec, image_size: int, probe=None) -> dict[str, float]:
+def _benchmark_metrics(cfg: JobConfig, persona, s: TrainConcept, image_size: int, probe=None) -> dict[str, float]:
     """The OmniPBench-style harness on the concept's held-out set ({} when the job has none for it).
 
     Its metrics (same names as `heldout_metrics`' where they overlap) take the place of the
     ingest-epoch ones: they come from material the concept's training never saw in any form."""
-    from omnipersona.identity import ConceptId
     from pipelines.evaluate.benchmark import benchmark_metrics
 
-    return benchmark_metrics(cfg.evaluation, cfg.storage, persona, ConceptId.parse(s.concept_key), image_size, probe)
+    return benchmark_metrics(cfg.evaluation, cfg.storage, persona, s.id, image_size, probe)
 
 
 def _write_summary(cfg: JobConfig, registry: ConceptRegistry, run_id: str, summary: JobSummary) -> None:

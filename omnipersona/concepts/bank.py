@@ -59,10 +59,6 @@ class ConceptBank(nn.Module):
         base = self.vocab_size + self.num_concepts * (1 + self.num_und) + slot * self.num_gen
         return list(range(base, base + self.num_gen))
 
-    def slot_of_identifier(self, token_id: int) -> int | None:
-        slot = token_id - self.vocab_size
-        return slot if 0 <= slot < self.num_concepts else None
-
     def table(self) -> torch.Tensor:
         """All rows, in virtual-id order: [P + P*Nu + P*Ng, D]."""
         return torch.cat([self.identifier.flatten(0, 1), self.und_tokens.flatten(0, 1), self.gen_tokens.flatten(0, 1)])

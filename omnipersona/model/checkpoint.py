@@ -7,8 +7,9 @@
     <dir>/tokenizer files      Qwen2 tokenizer (tokenizer.json, tokenizer_config.json, ...)
     <dir>/bagel_config.json    optional, ours: Bagel-level settings of non-default (tiny) models
 
-`from_pretrained` accepts a local folder or an `s3://` / other pyarrow-supported URI (copied to a local
-cache first). Loading is strict: any missing or unexpected key is an error that names the keys.
+`load_bagel` accepts a local folder or an `s3://` / other pyarrow-supported URI (copied to a local
+cache first) and can build the model under a partitioning context (DeepSpeed ZeRO-3). Loading is
+strict: any missing or unexpected key is an error that names the keys.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +122,22 @@ def _read_configs(folder: Path, ema_shapes: dict[str, tuple]) -> BagelConfig:
     return cfg.model_copy(update=updates)
 
 
-def load_bagel(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, filesystem=None) -> LoadedBagel:
-    """Load a BAGEL checkpoint folder (local or remote URI) strictly."""
+def _copy_param(param: torch.nn.Parameter, value: torch.Tensor) -> None:
+    param.data.copy_(value.to(param.dtype))
+
+
+def load_bagel(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, filesystem=None, *,
+               init_context: AbstractContextManager | None = None,
+               fill_param: Callable[[torch.nn.Parameter, torch.Tensor], None] = _copy_param) -> LoadedBagel:
+    """Load a BAGEL checkpoint folder (local or remote URI) strictly.
+
+    By default the model is built on the meta device, takes the file's tensors and moves to
+    `device` / `dtype`. With `init_context` the model is built under that context instead, e.g.
+    `deepspeed.zero.Init(config_dict_or_path=...)`, which partitions each parameter as it is
+    created, so no rank ever holds the whole model; `fill_param(param, value)` then fills each
+    parameter from the file (under ZeRO-3: gather, copy, re-partition) and the context decides the
+    model's placement and dtype (`device` / `dtype` apply to the VAE).
+    """
     folder = Path(_localize(path, filesystem))
     if not (folder / EMA).exists():
         raise CheckpointError(f"{path}: missing {EMA}")
@@ -133,7 +150,8 @@ def load_bagel(path: str, device: str | torch.device = "cpu", dtype: torch.dtype
         raise CheckpointError(f"{path}: missing {AE}")
     cfg = cfg.model_copy(update={"vae": infer_vae_config(ae_state, cfg.vae)})
 
-    with torch.device("meta"):
+    # On meta (the file's tensors are assigned below), or under the caller's partitioning context.
+    with torch.device("meta") if init_context is None else init_context:
         model = Bagel(cfg)
     state = load_file(folder / EMA)
     expected = set(model.state_dict().keys())
@@ -144,10 +162,17 @@ def load_bagel(path: str, device: str | torch.device = "cpu", dtype: torch.dtype
             f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
             f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
         )
-    model.load_state_dict(state, strict=True, assign=True)
-    # Non-persistent buffers (RoPE frequencies) were created on meta: rebuild them for real.
-    model.language_model.model.rotary_emb.__init__(cfg.llm.head_dim, cfg.llm.rope_theta)
-    model = model.to(device=device, dtype=dtype)
+    if init_context is None:
+        model.load_state_dict(state, strict=True, assign=True)
+        # Non-persistent buffers (RoPE frequencies) were created on meta: rebuild them for real.
+        model.language_model.model.rotary_emb.__init__(cfg.llm.head_dim, cfg.llm.rope_theta)
+        model = model.to(device=device, dtype=dtype)
+    else:
+        for name, param in model.named_parameters():
+            fill_param(param, state[name])
+        for name, buf in model.named_buffers():
+            if name in state:  # buffers are never partitioned
+                buf.data.copy_(state[name])
     model.vit_pos_embed.pos_embed.requires_grad_(False)
     model.latent_pos_embed.pos_embed.requires_grad_(False)
     fingerprint = fingerprint_state_dict(state)

@@ -23,11 +23,3 @@ def to_pil(tensor: torch.Tensor) -> Image.Image:
         tensor = tensor[0]
     arr = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr)
-
-
-def fit_to_stride(height: int, width: int, stride: int, max_side: int) -> tuple[int, int]:
-    """Scale (height, width) so the long side is <= max_side and both are multiples of `stride`."""
-    scale = min(1.0, max_side / max(height, width))
-    h = max(stride, int(round(height * scale / stride)) * stride)
-    w = max(stride, int(round(width * scale / stride)) * stride)
-    return h, w

@@ -136,14 +136,6 @@ def flattened_position_ids(height: int, width: int, patch: int, max_per_side: in
     return (rows[:, None] * max_per_side + cols).flatten()
 
 
-def flattened_position_ids_interpolate(height: int, width: int, patch: int, max_per_side: int) -> torch.Tensor:
-    """Position ids bucketed onto the max grid (the release's `interpolate_pos=True` scheme)."""
-    boundaries = torch.arange(1 / max_per_side, 1.0, 1 / max_per_side)
-    h = torch.bucketize(torch.arange(0, 1 - 1e-6, 1 / (height // patch)), boundaries, right=True)
-    w = torch.bucketize(torch.arange(0, 1 - 1e-6, 1 / (width // patch)), boundaries, right=True)
-    return (h[:, None] * max_per_side + w).flatten()
-
-
 def patchify(image: torch.Tensor, patch: int) -> torch.Tensor:
     """[C, H, W] -> [(H/p)*(W/p), p*p*C] in (row, col, py, px, c) order, as the release packs pixels."""
     c, h, w = image.shape

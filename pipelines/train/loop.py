@@ -1,8 +1,10 @@
-"""`train_loop_per_worker`: what each Ray Train worker runs — plain PyTorch + one DeepSpeed engine.
+"""`train_loop_per_worker`: what each Ray Train worker runs — the library's pack trainer over one
+DeepSpeed engine.
 
-Reads top to bottom: load the frozen base once, build the engine, resume from the last Ray
-checkpoint, then for every pack: skip concepts already exported, reset the bank, train, checkpoint,
-export artifacts (rank 0), report.
+Reads top to bottom: load the frozen base once, build the engine (with the recipe's optimizer and
+LR schedule), resume from the last Ray checkpoint, then for every pack: skip concepts already
+exported, reset the bank, optimizer state and schedule, train, checkpoint, export artifacts (rank 0),
+report.
 """
 from __future__ import annotations
 
@@ -19,18 +21,18 @@ from pydantic import BaseModel
 from omnipersona.concepts.artifact import config_hash
 from omnipersona.concepts.bank import ConceptBank
 from omnipersona.model.checkpoint import load_bagel
-from omnipersona.training import TrainConfig
+from omnipersona.training import PackModule, TrainConfig, make_optimizer
 from pipelines.storage import StorageConfig, filesystem_for
 from pipelines.train.config import DeepSpeedConfig
 from pipelines.train.example_store import read_pools
 from pipelines.train.runner import (
-    ConceptSpec,
-    PackModule,
     PackRunner,
     Progress,
     Telemetry,
+    TrainConcept,
     artifact_exists,
     export_artifact,
+    fill_partitioned_param,
 )
 
 log = logging.getLogger("omnipersona.train")
@@ -38,14 +40,14 @@ PROGRESS_FILE = "progress.json"
 
 
 class WorkerSpec(BaseModel):
-    """Everything a worker needs, JSON-serialisable (it crosses process boundaries)."""
+    """Everything a worker needs; Ray pickles it to the workers (not JSON: credentials are SecretStr)."""
 
     job_id: str
     model_uri: str
     examples_uri: str
     artifact_root: str
     storage: StorageConfig = StorageConfig()
-    packs: list[list[dict]]  # ConceptSpec fields per concept, per pack
+    packs: list[list[TrainConcept]]
     pack_size: int
     recipe: TrainConfig
     deepspeed: DeepSpeedConfig
@@ -54,33 +56,19 @@ class WorkerSpec(BaseModel):
     fail_after_steps: int | None = None  # fault injection for tests: os._exit on rank 1 after N steps
 
 
-def _load_backbone(spec: WorkerSpec, device, dtype, ds_cfg: dict, rank: int):
+def _load_backbone(spec: WorkerSpec, device, dtype, ds_cfg: dict):
     model_fs, model_path = filesystem_for(spec.model_uri, spec.storage)
+    filesystem = model_fs if "://" in spec.model_uri else None
     if spec.deepspeed.zero_stage < 3:
-        bundle = load_bagel(model_path, device=device, dtype=dtype, filesystem=model_fs if "://" in spec.model_uri else None)
-        bundle.model.freeze()
-        return bundle
-    # ZeRO-3: build the backbone partitioned from the start, then fill each shard from the file.
-    import deepspeed
-    from safetensors.torch import load_file
+        bundle = load_bagel(model_path, device=device, dtype=dtype, filesystem=filesystem)
+    else:
+        import deepspeed
 
-    from omnipersona.model.bagel import Bagel
-    from omnipersona.model.checkpoint import EMA, _localize
-
-    bundle = load_bagel(model_path, device="cpu", dtype=dtype, filesystem=model_fs if "://" in spec.model_uri else None)
-    folder = Path(_localize(model_path, model_fs if "://" in spec.model_uri else None))
-    state = load_file(folder / EMA)
-    # dtype comes from the DeepSpeed config (bf16 on GPU); passing dtype= here misbehaves on CPU.
-    with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
-        model = Bagel(bundle.config)
-    for name, param in model.named_parameters():
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-            if rank == 0:
-                param.data.copy_(state[name].to(param.dtype))
-    for name, buf in model.named_buffers():
-        if name in state:
-            buf.data.copy_(state[name])
-    bundle.model = model.freeze().eval()
+        # ZeRO-3: the backbone is partitioned as it is built, then filled shard by shard. Its dtype
+        # comes from the DeepSpeed config (bf16 on GPU); passing dtype= to Init misbehaves on CPU.
+        bundle = load_bagel(model_path, device="cpu", dtype=dtype, filesystem=filesystem,
+                            init_context=deepspeed.zero.Init(config_dict_or_path=ds_cfg), fill_param=fill_partitioned_param)
+    bundle.model.freeze()
     return bundle
 
 
@@ -105,21 +93,25 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(spec.recipe.seed)
 
     ds_cfg = spec.deepspeed.ds_config()
-    bundle = _load_backbone(spec, device, dtype, ds_cfg, rank)
+    bundle = _load_backbone(spec, device, dtype, ds_cfg)
     bundle.vae = bundle.vae.to(device=device, dtype=dtype)
     bundle.model.uniform_calls = spec.deepspeed.zero_stage == 3
     cfg = bundle.config.llm
     bank = ConceptBank(spec.pack_size, cfg.hidden_size, cfg.vocab_size, spec.recipe.num_und_tokens, spec.recipe.num_gen_tokens, spec.recipe.mode).to(device)
-    module = PackModule(bundle, bank)
-    optimizer = torch.optim.AdamW(bank.parameters(), lr=spec.recipe.lr, betas=spec.recipe.betas, weight_decay=spec.recipe.weight_decay)
-    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=list(bank.parameters()), config=ds_cfg)
+    optimizer, schedule = make_optimizer(bank, spec.recipe)
+    # DeepSpeed steps the schedule after every optimizer step, like the plain-PyTorch engine.
+    engine, *_ = deepspeed.initialize(model=PackModule(bundle, bank), optimizer=optimizer, lr_scheduler=schedule,
+                                      model_parameters=list(bank.parameters()), config=ds_cfg)
     runner = PackRunner(bundle, engine, bank, spec.recipe, rank, world, spec.deepspeed.zero_stage)
-    bundle.vae = bundle.vae.to(runner.device)  # a no-op unless DeepSpeed put the module elsewhere
+    trainer = runner.trainer
+    bundle.vae = bundle.vae.to(engine.device)  # a no-op unless DeepSpeed put the module elsewhere
 
     progress, active = Progress(), None
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
+            # The schedule's position is the pack's step from progress.json (`start_pack` puts it
+            # there): DeepSpeed's saved scheduler state knows nothing of the per-pack restarts.
             engine.load_checkpoint(d, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=False)
             saved = json.loads((Path(d) / PROGRESS_FILE).read_text())
             progress, active = Progress(saved["pack_index"], saved["step"]), saved.get("active")
@@ -142,50 +134,56 @@ def train_loop_per_worker(config: dict) -> None:
     for pack_index, pack in enumerate(spec.packs):
         if pack_index < progress.pack_index:
             continue
-        specs = [ConceptSpec(**c) for c in pack]
+        concepts = list(pack)
         resuming = pack_index == progress.pack_index and progress.step > 0 and active is not None
         if resuming:
-            specs = [s for s in specs if s.concept_key in set(active)]
+            concepts = [c for c in concepts if c.id.key in set(active)]
         else:
             # Concepts whose artifact already exists were trained by an earlier (interrupted) run.
-            specs = [s for s in specs if not artifact_exists(fs, root, s)]
-        if not specs:
+            concepts = [c for c in concepts if not artifact_exists(fs, root, c)]
+        if not concepts:
             continue
-        active_keys = [s.concept_key for s in specs]
+        active_keys = [c.id.key for c in concepts]
         pools = read_pools(ex_fs, ex_path, active_keys, exclude_epochs=spec.exclude_epochs)
         start = progress.step if resuming else 0
-        runner.start_pack(pools, start)  # the frozen VAE runs here, once per image, not in the steps
+        # Optimizer state and schedule for step `start`; the frozen VAE runs here, once per image.
+        trainer.start_pack(pools, start)
         if not resuming:
-            runner.reset_for_pack(specs, pools)
-        telemetry = [Telemetry() for _ in specs]
+            runner.reset_concepts(concepts, pools)
+        telemetry = [Telemetry() for _ in concepts]
+
+        def on_step(record, telemetry=telemetry):
+            for slot, tel in enumerate(telemetry):
+                tel.add(record, slot)
+
         if start == 0:
-            for tel, value in zip(telemetry, runner.first_batch_losses(pools)):
+            for tel, value in zip(telemetry, trainer.first_batch_losses(pools)):
                 tel.first_batch_before = value
         t_pack = time.perf_counter()
         if rank == 0:
-            print(f"[train] pack {pack_index + 1}/{len(spec.packs)}: {len(specs)} concepts, steps {start}..{spec.recipe.steps}", flush=True)
+            print(f"[train] pack {pack_index + 1}/{len(spec.packs)}: {len(concepts)} concepts, steps {start}..{spec.recipe.steps}", flush=True)
         step = start
         while step < spec.recipe.steps:
             stop = min(spec.recipe.steps, (step // spec.checkpoint_every + 1) * spec.checkpoint_every)
-            runner.train_steps(pools, step, stop, telemetry)
+            trainer.train(pools, step, stop, on_step)
             steps_done += stop - step
             step = stop
             if spec.fail_after_steps is not None and rank == 1 and steps_done >= spec.fail_after_steps and resumed is None:
                 os._exit(1)  # simulate a worker process dying mid-job
             if step < spec.recipe.steps:
                 checkpoint(pack_index, step, active_keys, {"pack": pack_index, "step": step})
-        for tel, value in zip(telemetry, runner.first_batch_losses(pools)):
+        for tel, value in zip(telemetry, trainer.first_batch_losses(pools)):
             tel.first_batch_after = value
-        tensors = runner.concept_tensors(list(range(len(specs))))  # collective: all ranks
+        tensors = runner.concept_tensors(list(range(len(concepts))))  # collective: all ranks
         if rank == 0:
-            for slot, s in enumerate(specs):
-                export_artifact(fs, root, s, tensors[slot], recipe_hash, bundle.config.model_id, bundle.fingerprint, telemetry[slot], spec.recipe.mode)
+            for slot, c in enumerate(concepts):
+                export_artifact(fs, root, c, tensors[slot], recipe_hash, bundle.config.model_id, bundle.fingerprint, telemetry[slot], spec.recipe.mode)
         if rank == 0:
-            concepts_done += len(specs)
+            concepts_done += len(concepts)
             elapsed = time.perf_counter() - t_job
             packs_left = len(spec.packs) - pack_index - 1
             eta = elapsed / max(1, pack_index + 1 - first_pack) * packs_left
             print(f"[train] pack {pack_index + 1}/{len(spec.packs)} done in {time.perf_counter() - t_pack:.1f}s | "
                   f"concepts {concepts_done}/{total_concepts} | ETA {eta:.0f}s", flush=True)
-        checkpoint(pack_index + 1, 0, [], {"pack": pack_index, "packs_done": pack_index + 1, "exported": len(specs)})
+        checkpoint(pack_index + 1, 0, [], {"pack": pack_index, "packs_done": pack_index + 1, "exported": len(concepts)})
         progress = Progress(pack_index + 1, 0)

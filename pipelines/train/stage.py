@@ -10,7 +10,7 @@ from pipelines.storage import StorageConfig, filesystem_for
 from pipelines.train.config import TrainStageConfig
 from pipelines.train.loop import WorkerSpec, train_loop_per_worker
 from pipelines.train.packs import bytes_per_concept, make_packs, pack_size_for
-from pipelines.train.runner import ConceptSpec, artifact_exists
+from pipelines.train.runner import TrainConcept, artifact_exists
 
 log = logging.getLogger("omnipersona.train")
 
@@ -36,7 +36,7 @@ def choose_pack_size(cfg: TrainStageConfig, hidden: int, layers: int, tokens_per
 def run_training(
     *,
     job_id: str,
-    concepts: list[ConceptSpec],
+    concepts: list[TrainConcept],
     model_uri: str,
     examples_uri: str,
     artifact_root: str,
@@ -56,7 +56,7 @@ def run_training(
     fs, root = filesystem_for(artifact_root, storage)
     # Concepts exported by an earlier run of this job (or any job on the same data) are done.
     todo = [c for c in concepts if not artifact_exists(fs, root, c)]
-    by_key = {c.concept_key: c for c in todo}
+    by_key = {c.id.key: c for c in todo}
     packs = make_packs(list(by_key), pack_size)
     if not packs:
         log.info("nothing to train: all %d concepts already have artifacts", len(concepts))
@@ -67,7 +67,7 @@ def run_training(
         examples_uri=examples_uri,
         artifact_root=artifact_root,
         storage=storage,
-        packs=[[by_key[k].__dict__ for k in pack] for pack in packs],
+        packs=[[by_key[k] for k in pack] for pack in packs],
         pack_size=pack_size,
         recipe=cfg.recipe,
         deepspeed=cfg.deepspeed,

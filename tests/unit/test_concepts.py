@@ -227,17 +227,18 @@ def test_init_concept_with_cache_equals_without_and_reuses_posteriors(tiny_bagel
 
 
 @pytest.mark.parametrize("rank,start", [(0, 0), (1, 2)])
-def test_pack_runner_start_pack_covers_this_ranks_steps(tiny_bagel, rank, start):
-    from pipelines.train.runner import PackRunner
+def test_pack_trainer_start_pack_covers_this_ranks_steps(tiny_bagel, rank, start):
+    from omnipersona.training import PackModule, PackTrainer, TorchEngine, make_optimizer
 
     recipe = TrainConfig(steps=4, batch_size=3, num_und_tokens=4, num_gen_tokens=4)
     bank = new_bank(tiny_bagel, 2)
     pools = [pool(f"t/c{i}", i) for i in range(2)]
-    runner = PackRunner(tiny_bagel, None, bank, recipe, rank=rank, world=2, zero_stage=0)
-    assert runner.start_pack(pools, start) > 0
+    engine = TorchEngine(PackModule(tiny_bagel, bank), *make_optimizer(bank, recipe))
+    trainer = PackTrainer(engine, SampleBuilder(tiny_bagel, bank, recipe.vit_size, recipe.vae_size), recipe, rank=rank, world=2)
+    assert trainer.start_pack(pools, start) > 0
     calls, handle = _count_encoder_runs(tiny_bagel)
     for step in [0, *range(start, recipe.steps)]:
-        runner._step_batch(pools, step)
+        trainer.batch(trainer.examples(pools, step))
     handle.remove()
     assert calls == []
 
@@ -246,16 +247,16 @@ def test_step_batches_go_to_the_engines_device(tiny_bagel):
     """A GPU worker's batches must be on its device: checked with `meta` (no GPU needed)."""
     from types import SimpleNamespace
 
-    from pipelines.train.runner import PackRunner
+    from omnipersona.training import PackModule, PackTrainer, TorchEngine, make_optimizer
 
     recipe = TrainConfig(steps=1, batch_size=5, num_und_tokens=4, num_gen_tokens=4)
     bank = new_bank(tiny_bagel, 2)
     pools = [pool(f"t/c{i}", i) for i in range(2)]
-    assert PackRunner(tiny_bagel, None, bank, recipe, 0, 1, 0).device == torch.device("cpu")  # no engine: the bank's
-    runner = PackRunner(tiny_bagel, SimpleNamespace(device=torch.device("meta")), bank, recipe, 0, 1, 0)
-    assert runner.device == torch.device("meta")
-    _, batch = runner._step_batch(pools, 0)
-    cpu = runner.builder.batch(_)
+    assert TorchEngine(PackModule(tiny_bagel, bank), *make_optimizer(bank, recipe)).device == torch.device("cpu")  # the bank's
+    trainer = PackTrainer(SimpleNamespace(device=torch.device("meta")), SampleBuilder(tiny_bagel, bank), recipe)
+    examples = trainer.examples(pools, 0)
+    batch = trainer.batch(examples)
+    cpu = trainer.builder.batch(examples)
     tensors = {k: v for k, v in vars(batch.packed).items() if torch.is_tensor(v)}
     assert "padded_latent" in tensors and "packed_vit_tokens" in tensors and "mse_sample_ids" in tensors
     assert all(v.device.type == "meta" for v in [*tensors.values(), batch.noise, batch.sample_slots])
