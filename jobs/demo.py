@@ -95,15 +95,16 @@ def _inference_tour(cfg, root: Path, concept_key: str) -> None:
     import numpy as np
     from PIL import Image
 
+    from omnipersona.identity import ConceptId
     from pipelines.inference import load_persona
 
-    tenant, concept = concept_key.split("/")
-    persona, name = load_persona(cfg.mlflow.tracking_uri, [f"models:/{cfg.mlflow.registry_prefix}.{tenant}.{concept}@champion"],
+    concept_id = ConceptId.parse(concept_key)
+    persona, name = load_persona(cfg.mlflow.tracking_uri, [concept_id.model_uri(cfg.mlflow.registry_prefix, alias="champion")],
                                  cfg.model.uri, cfg.model.tiny_cache, image_size=cfg.ingest.vit_size, sampling_steps=8)
     name = name[0]
     out = root / "outputs"
     out.mkdir(exist_ok=True)
-    photo = np.asarray(Image.open(next((root / "uploads" / tenant / concept / "images").glob("*.png"))).convert("RGB"))
+    photo = np.asarray(Image.open(next((root / "uploads" / concept_id.tenant / concept_id.concept / "images").glob("*.png"))).convert("RGB"))
     ans = persona.understand(f"Is <{name}> in this image?", image=photo)
     print(f"[demo] understand: 'Is <{name}> in this image?' -> {ans.text!r} (p(yes)={ans.yes_probability:.2f})")
     gen = persona.generate(name, f"Generate a toy for <{name}>.")

@@ -373,9 +373,8 @@ def test_job_scores_concepts_on_their_held_out_sets_and_gates_on_the_metrics(tin
     from omnipersona.world.uploads import EvalOptions as WriteOptions
     from omnipersona.world.uploads import write_eval_sets
     from pipelines.config import JobConfig
-    from pipelines.personalize import _benchmark_metrics
     from omnipersona.identity import ConceptId
-    from pipelines.train.runner import TrainConcept
+    from pipelines.evaluate.benchmark import benchmark_metrics
 
     write_eval_sets({"acme": [concept]}, tmp_path / "eval", options=WriteOptions(size=64, views=1, hard_negatives=1, random_negatives=1))
     cfg = JobConfig(**demo_config(tmp_path))
@@ -385,11 +384,11 @@ def test_job_scores_concepts_on_their_held_out_sets_and_gates_on_the_metrics(tin
     init_concept(bank, 0, tiny_bagel, concept.class_word, strategy="class_word")
     persona = Persona(tiny_bagel, bank, [concept.name], image_size=64, sampling=FlowSampling(num_steps=2))
 
-    m = _benchmark_metrics(cfg, persona, TrainConcept(ConceptId("acme", concept.name), concept.name, concept.class_word, "d"), 64)
+    m = benchmark_metrics(cfg.evaluation, cfg.storage, persona, ConceptId("acme", concept.name), 64)
     for key in ("recognition_accuracy", "recognition_hard_negative", "text_qa_accuracy", "vqa_accuracy"):
         assert key in m and 0.0 <= m[key] <= 1.0, (key, m.get(key))
     assert "generation_probe" not in m and "clip_i" not in m  # image judges are opt-in (evaluation.judge)
-    assert _benchmark_metrics(cfg, persona, TrainConcept(ConceptId("acme", "nobody"), "nobody", "dog", "d"), 64) == {}
+    assert benchmark_metrics(cfg.evaluation, cfg.storage, persona, ConceptId("acme", "nobody"), 64) == {}
 
     decision = Gate(minimums={"recognition_hard_negative": 1.01}).evaluate(m)
     assert not decision.passed and "recognition_hard_negative" in " ".join(decision.reasons)
