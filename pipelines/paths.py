@@ -1,6 +1,7 @@
 """Every location a job derives from its config, in one place (URIs: local paths or s3://...).
 
-    <artifacts.root>/<tenant>/<concept>/<digest>/        trained concepts (the artifact format)
+    <artifacts.root>/<tenant>/<concept>/<data digest>/<recipe hash>/<base fingerprint>/
+                                                         trained concepts (the artifact format)
     <artifacts.work or root/_work>/<job id>/examples/    the job's training examples (Parquet)
                                            /quarantine.json, summary.json, summary.md
     <artifacts.runs or root/_runs>/                      Ray Train runs (checkpoints)
@@ -55,8 +56,9 @@ class JobPaths:
     def summary_markdown(self) -> str:
         return join(self.work, "summary.md")
 
-    def artifact(self, concept: ConceptId, data_digest: str) -> str:
-        return join(self.artifact_root, artifact_subpath(concept.tenant, concept.concept, data_digest))
+    def artifact(self, concept: ConceptId, data_digest: str, recipe_hash: str, base_fingerprint: str) -> str:
+        """A trained concept: its data, recipe and base identify it (`artifact_subpath`)."""
+        return join(self.artifact_root, artifact_subpath(concept, data_digest, recipe_hash, base_fingerprint))
 
     def uploads(self, concept: ConceptId) -> str:
         return join(self.uploads_root, concept.key)

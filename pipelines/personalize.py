@@ -21,7 +21,7 @@ from pipelines.ingest.dataset import IngestResult, build_ingest
 from pipelines.ingest.features import colour_histogram_features
 from pipelines.model_store import VisionEncoderFeatures, load_base, resolve_model_uri
 from pipelines.paths import JobPaths
-from pipelines.register import ConceptRegistry, JobRuns, JobRunSpec, MlflowConnection
+from pipelines.register import ConceptRegistry, JobRuns, JobRunSpec, MlflowConnection, names
 from pipelines.storage import filesystem_for, write_bytes_atomic
 from pipelines.summary import ConceptOutcome, JobSummary
 from pipelines.train.example_store import read_pools, write_examples
@@ -55,6 +55,7 @@ class JobContext:
 class Selection:
     to_train: list[TrainConcept] = field(default_factory=list)
     to_register: list[TrainConcept] = field(default_factory=list)  # exported earlier, never registered
+    why: dict[ConceptId, str] = field(default_factory=dict)  # why each concept is trained (or registered)
 
 
 def run_job(cfg: JobConfig) -> JobSummary:
@@ -69,7 +70,7 @@ def run_job(cfg: JobConfig) -> JobSummary:
         log.info("[3/5] train %d concepts", len(selection.to_train))
         selection.to_register += train(ctx, selection.to_train)
     log.info("[4/5] evaluate and [5/5] register %d concepts", len(selection.to_register))
-    evaluate_and_register(ctx, selection.to_register)
+    evaluate_and_register(ctx, selection)
     finish_job(ctx)
     log.info("job %s finished in %.0fs: %s", ctx.paths.job_id, time.perf_counter() - t0, ctx.summary.counts())
     return ctx.summary
@@ -145,24 +146,47 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
 
 
 def select(ctx: JobContext, ingest: IngestResult) -> Selection:
-    """Skip what is registered, register what is exported, train the rest."""
+    """Skip what is registered, register what is exported, train the rest.
+
+    A trained concept is identified by (data digest, recipe hash, base fingerprint): a change of
+    any of them trains a new version; the summary says which one changed."""
     art_fs, art_root = filesystem_for(ctx.cfg.artifacts.root, ctx.cfg.storage)
     selection = Selection()
     for c in ingest.concepts:
-        concept = TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest)
+        concept = TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest,
+                               ctx.recipe_hash, ctx.bundle.fingerprint)
         name = ctx.registry.model_name(concept.id)
-        existing = ctx.registry.find_version(name, concept.data_digest, ctx.recipe_hash)
+        existing = ctx.registry.find_version(name, concept.data_digest, concept.recipe_hash, concept.base_fingerprint)
         if existing is not None:
             ctx.summary.add(ConceptOutcome(concept_key=concept.id.key, outcome="skipped", model_name=name,
-                                           version=str(existing.version), reason="this data and config are already registered"))
-        elif artifact_exists(art_fs, art_root, concept):
+                                           version=str(existing.version), why=SKIP_REASON))
+            continue
+        selection.why[concept.id] = why_train(ctx.registry.latest_version(name), concept)
+        if artifact_exists(art_fs, art_root, concept):
             selection.to_register.append(concept)  # exported by an earlier run that could not register it
+            selection.why[concept.id] += "; trained by an earlier run, registered now"
         else:
             selection.to_train.append(concept)
     counts = ctx.summary.counts()
     log.info("%d to train, %d exported but unregistered, %d skipped, %d quarantined",
              len(selection.to_train), len(selection.to_register), counts["skipped"], counts["quarantined"])
     return selection
+
+
+SKIP_REASON = "already registered: same data, recipe and base"
+
+
+def why_train(latest, concept: TrainConcept) -> str:
+    """What differs from the concept's newest registered version (`latest`, None for a new concept)."""
+    if latest is None:
+        return "new concept"
+    tags = latest.tags
+    changed = [what for what, tag, value in (
+        ("data", names.TAG_DATA_DIGEST, concept.data_digest),
+        ("recipe", names.TAG_CONFIG_HASH, concept.recipe_hash),
+        ("base model", names.TAG_BASE_FINGERPRINT, concept.base_fingerprint),
+    ) if tags.get(tag) != value]
+    return f"{', '.join(changed) or 'nothing'} changed since v{latest.version}"
 
 
 def write_training_examples(ctx: JobContext, ingest: IngestResult, selection: Selection) -> None:
@@ -202,8 +226,9 @@ def train(ctx: JobContext, concepts: list[TrainConcept]) -> list[TrainConcept]:
 # ---------------------------------------------------------------- 4 + 5. evaluate and register
 
 
-def evaluate_and_register(ctx: JobContext, concepts: list[TrainConcept]) -> None:
+def evaluate_and_register(ctx: JobContext, selection: Selection) -> None:
     """One concept at a time; one failure never stops the others."""
+    concepts = selection.to_register
     from pipelines.evaluate.benchmark import load_judge
 
     # The judge of generated pictures (`evaluation.judge`), loaded once per job when the config names one.
@@ -215,6 +240,7 @@ def evaluate_and_register(ctx: JobContext, concepts: list[TrainConcept]) -> None
         except Exception as exc:  # noqa: BLE001 - reported per concept, the batch goes on
             log.exception("concept %s failed", c.id.key)
             outcome = ConceptOutcome(concept_key=c.id.key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
+        outcome.why = outcome.why or selection.why.get(c.id, "")
         ctx.summary.add(outcome)
         log.info("registered %d/%d: %s -> %s %s", i, len(concepts), c.id.key, outcome.outcome, outcome.version or "")
 
@@ -236,7 +262,7 @@ def evaluate(ctx: JobContext, c: TrainConcept, judge=None) -> Evaluation:
     from pipelines.evaluate.benchmark import benchmark_metrics
     from pipelines.evaluate.heldout import heldout_metrics, sample_pictures
 
-    art_fs, path = filesystem_for(ctx.paths.artifact(c.id, c.data_digest), cfg.storage)
+    art_fs, path = filesystem_for(ctx.paths.artifact(c.id, c.data_digest, c.recipe_hash, c.base_fingerprint), cfg.storage)
     artifact = ConceptArtifact.load(path, filesystem=art_fs, expected_fingerprint=ctx.bundle.fingerprint)
     persona = Persona.from_artifacts(ctx.bundle, [artifact], image_size=cfg.ingest.vit_size,
                                      sampling=FlowSampling(num_steps=cfg.evaluation.sampling_steps))
@@ -256,12 +282,12 @@ def evaluate(ctx: JobContext, c: TrainConcept, judge=None) -> Evaluation:
 
 def register(ctx: JobContext, c: TrainConcept, evaluation: Evaluation) -> ConceptOutcome:
     """A new registered version (the gate decides `champion`), or `skipped` if one exists."""
-    art_fs, path = filesystem_for(ctx.paths.artifact(c.id, c.data_digest), ctx.cfg.storage)
+    art_fs, path = filesystem_for(ctx.paths.artifact(c.id, c.data_digest, c.recipe_hash, c.base_fingerprint), ctx.cfg.storage)
     res = ctx.registry.register_concept(ctx.run_id, path, filesystem=art_fs, metrics=evaluation.metrics,
                                         images=evaluation.pictures, gate=ctx.cfg.gate, data_uri=ctx.paths.uploads(c.id))
     if res.status == "already_registered":
         return ConceptOutcome(concept_key=c.id.key, outcome="skipped", model_name=res.model_name, version=str(res.version),
-                              reason="this data and config are already registered")
+                              why=SKIP_REASON)
     reason = "" if res.gate is None or res.gate.passed else "gate: " + "; ".join(res.gate.reasons)
     return ConceptOutcome(concept_key=c.id.key, outcome="done", model_name=res.model_name, version=str(res.version),
                           promoted=res.promoted, metrics=evaluation.metrics, reason=reason)

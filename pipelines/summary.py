@@ -13,7 +13,8 @@ Outcome = Literal["done", "skipped", "quarantined", "failed"]
 class ConceptOutcome(BaseModel):
     concept_key: str
     outcome: Outcome
-    reason: str = ""
+    reason: str = ""  # why it failed, was quarantined, or stays a candidate (the gate)
+    why: str = ""  # why it was trained or skipped
     model_name: str | None = None
     version: str | None = None
     promoted: bool | None = None
@@ -57,10 +58,16 @@ class JobSummary(BaseModel):
             f"- **{counts['done']} done, {counts['skipped']} skipped, {counts['quarantined']} quarantined, {counts['failed']} failed**"
             f" ({self.quarantined_objects} quarantined objects in total)",
             "",
-            "| concept | outcome | model | version | champion | reason |",
-            "|---|---|---|---|---|---|",
+            "| concept | outcome | model | version | champion | why | reason |",
+            "|---|---|---|---|---|---|---|",
         ]
         for c in self.concepts:
             champion = "" if c.promoted is None else ("yes" if c.promoted else "no")
-            lines.append(f"| {c.concept_key} | {c.outcome} | {c.model_name or ''} | {c.version or ''} | {champion} | {c.reason.replace('|', '/')} |")
+            cells = (c.concept_key, c.outcome, c.model_name or "", c.version or "", champion, c.why, c.reason)
+            lines.append("| " + " | ".join(markdown_cell(x) for x in cells) + " |")
         return "\n".join(lines) + "\n"
+
+
+def markdown_cell(text: str) -> str:
+    """Text that stays inside its table cell: no line breaks, no unescaped '|'."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())

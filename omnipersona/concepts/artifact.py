@@ -77,12 +77,17 @@ def config_hash(obj: BaseModel | dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def artifact_subpath(tenant: str, concept: str, data_digest: str) -> str:
-    """Where a concept's artifact lives below the artifact root: ``<tenant>/<concept>/<digest>``."""
-    ConceptId(tenant, concept)  # validates both names
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", data_digest or ""):
-        raise ValueError(f"invalid data digest {data_digest!r}")
-    return f"{tenant}/{concept}/{data_digest}"
+def artifact_subpath(concept: ConceptId, data_digest: str, recipe_hash: str, base_fingerprint: str) -> str:
+    """Where a trained concept lives below the artifact root:
+    ``<tenant>/<concept>/<data digest>/<recipe hash>/<base fingerprint>``.
+
+    A trained concept is identified by all three: its data, the recipe that trained it and the
+    base weights it was trained against. A change of any of them is a new artifact (and a new
+    registered version); the same three are never trained twice."""
+    for what, value in (("data digest", data_digest), ("recipe hash", recipe_hash), ("base fingerprint", base_fingerprint)):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", value or ""):
+            raise ValueError(f"invalid {what} {value!r}")
+    return f"{concept.key}/{data_digest}/{recipe_hash}/{base_fingerprint}"
 
 
 class ConceptManifest(BaseModel):
@@ -125,6 +130,11 @@ class ConceptManifest(BaseModel):
     @property
     def id(self) -> ConceptId:
         return ConceptId(self.tenant, self.concept)
+
+    @property
+    def subpath(self) -> str:
+        """Where this concept is stored below an artifact root (`artifact_subpath`)."""
+        return artifact_subpath(self.id, self.data_digest, self.training_config_hash, self.base_fingerprint)
 
     @model_validator(mode="after")
     def _consistent_concept_id(self) -> ConceptManifest:

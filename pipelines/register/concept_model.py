@@ -67,7 +67,7 @@ def find_logged_model(mlflow_: MlflowConnection, artifact: ConceptArtifact):
     m = artifact.manifest
     found = mlflow_.client.search_logged_models(
         [mlflow_.experiment_id],
-        filter_string=names.logged_model_filter(m.id, m.data_digest, m.training_config_hash),
+        filter_string=names.logged_model_filter(m.id, m.data_digest, m.training_config_hash, m.base_fingerprint),
         max_results=50,
     )
     ready = [lm for lm in found if lm.status == LoggedModelStatus.READY]

@@ -50,19 +50,21 @@ def checked_token(value: str, what: str) -> str:
     return value
 
 
-def version_filter(name: str, data_digest: str, config_hash: str) -> str:
-    """Filter string matching the model versions trained from this data with this config."""
+def version_filter(name: str, data_digest: str, config_hash: str, base_fingerprint: str) -> str:
+    """Filter string matching the model versions trained from this data, with this config, on this base."""
     return (
         f"name = '{name}' AND tags.{TAG_DATA_DIGEST} = '{checked_token(data_digest, 'data digest')}' "
-        f"AND tags.{TAG_CONFIG_HASH} = '{checked_token(config_hash, 'config hash')}'"
+        f"AND tags.{TAG_CONFIG_HASH} = '{checked_token(config_hash, 'config hash')}' "
+        f"AND tags.{TAG_BASE_FINGERPRINT} = '{checked_token(base_fingerprint, 'base fingerprint')}'"
     )
 
 
-def logged_model_filter(concept: ConceptId, data_digest: str | None = None, config_hash: str | None = None) -> str:
+def logged_model_filter(concept: ConceptId, data_digest: str | None = None, config_hash: str | None = None,
+                        base_fingerprint: str | None = None) -> str:
     """Filter string for ``search_logged_models`` over one concept's logged models (validated ids)."""
     parts = [f"tags.{TAG_TENANT} = '{concept.tenant}'", f"tags.{TAG_CONCEPT} = '{concept.concept}'"]
-    if data_digest is not None:
-        parts.append(f"tags.{TAG_DATA_DIGEST} = '{checked_token(data_digest, 'data digest')}'")
-    if config_hash is not None:
-        parts.append(f"tags.{TAG_CONFIG_HASH} = '{checked_token(config_hash, 'config hash')}'")
+    for tag, value, what in ((TAG_DATA_DIGEST, data_digest, "data digest"), (TAG_CONFIG_HASH, config_hash, "config hash"),
+                             (TAG_BASE_FINGERPRINT, base_fingerprint, "base fingerprint")):
+        if value is not None:
+            parts.append(f"tags.{tag} = '{checked_token(value, what)}'")
     return " AND ".join(parts)

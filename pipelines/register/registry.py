@@ -65,12 +65,16 @@ class ConceptRegistry:
 
     # ------------------------------------------------------------ registration
 
-    def find_version(self, name: str, data_digest: str, config_hash: str):
-        """The model version trained from this data digest with this config, if any."""
-        found = self.mlflow.call(
-            "search versions", self.client.search_model_versions, names.version_filter(name, data_digest, config_hash)
-        )
+    def find_version(self, name: str, data_digest: str, config_hash: str, base_fingerprint: str):
+        """The model version trained from this data, with this config, on this base, if any."""
+        found = self.mlflow.call("search versions", self.client.search_model_versions,
+                                 names.version_filter(name, data_digest, config_hash, base_fingerprint))
         return min(found, key=lambda v: int(v.version)) if found else None
+
+    def latest_version(self, name: str):
+        """The newest version of a registered model (None when it has none)."""
+        found = self.mlflow.call("list versions", self.client.search_model_versions, f"name = '{name}'")
+        return max(found, key=lambda v: int(v.version)) if found else None
 
     def register_concept(
         self,
@@ -88,7 +92,7 @@ class ConceptRegistry:
 
         ``metrics`` (evaluation metrics, final losses) are merged over the manifest's metrics and
         feed the ``gate``: ``champion`` moves to the new version only when the gate passes. A
-        (tenant, concept, data digest, config hash) that already has a version is skipped.
+        (tenant, concept, data digest, config hash, base fingerprint) that already has a version is skipped.
         ``data_uri`` is the concept's upload folder, recorded as the dataset input (lineage).
         """
         with tempfile.TemporaryDirectory(prefix="omnipersona-register-") as tmp:
@@ -100,10 +104,10 @@ class ConceptRegistry:
             name = self.model_name(m.id)
             all_metrics = {**m.metrics, **(metrics or {})}
 
-            existing = self.find_version(name, m.data_digest, m.training_config_hash)
+            existing = self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint)
             if existing is not None:
-                log.info("%s v%s already holds data %s / config %s: skipped",
-                         name, existing.version, m.data_digest, m.training_config_hash)
+                log.info("%s v%s already holds data %s / config %s / base %s: skipped",
+                         name, existing.version, m.data_digest, m.training_config_hash, m.base_fingerprint)
                 return RegistrationResult("already_registered", name, existing.version, version_model_id(existing), False, None)
 
             self._ensure_registered_model(name, m.id)
@@ -118,7 +122,7 @@ class ConceptRegistry:
             if run_job_id:
                 version_tags[names.TAG_JOB_ID] = run_job_id
             version, _ = self.mlflow.create_once(
-                lambda: self.find_version(name, m.data_digest, m.training_config_hash),
+                lambda: self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint),
                 lambda: self.client.create_model_version(
                     name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id
                 ),

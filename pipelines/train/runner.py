@@ -26,14 +26,22 @@ from omnipersona.training import ConceptPool, PackTrainer, StepRecord, TrainConf
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConcept:
-    """A concept the train stage trains: who it is, how it is named, and the data it trains on."""
+    """A concept the train stage trains: who it is, how it is named, and what identifies the result —
+    the data it trains on, the recipe (its hash) and the base weights (their fingerprint)."""
 
     id: ConceptId
     display_name: str
     class_word: str
     data_digest: str
+    recipe_hash: str
+    base_fingerprint: str
+
+    @property
+    def subpath(self) -> str:
+        """Where its artifact lives below the artifact root."""
+        return artifact_subpath(self.id, self.data_digest, self.recipe_hash, self.base_fingerprint)
 
 
 @dataclass
@@ -125,12 +133,15 @@ def fill_partitioned_param(param: torch.nn.Parameter, value: torch.Tensor) -> No
 
 
 def _artifact_path(artifact_root: str, concept: TrainConcept) -> str:
-    return f"{artifact_root.rstrip('/')}/{artifact_subpath(concept.id.tenant, concept.id.concept, concept.data_digest)}"
+    return f"{artifact_root.rstrip('/')}/{concept.subpath}"
 
 
 def export_artifact(fs, artifact_root: str, concept: TrainConcept, tensors: dict, recipe_hash: str, base_model_id: str,
                     base_fingerprint: str, telemetry: Telemetry, mode: str) -> str:
-    """Write `<root>/<tenant>/<concept>/<digest>/` (temp keys then final keys, manifest last)."""
+    """Write `<root>/<concept.subpath>/` (temp keys then final keys, manifest last)."""
+    if (recipe_hash, base_fingerprint) != (concept.recipe_hash, concept.base_fingerprint):
+        raise ValueError(f"{concept.id.key} was planned for recipe {concept.recipe_hash} on base {concept.base_fingerprint}, "
+                         f"but trained with recipe {recipe_hash} on base {base_fingerprint}")
     final = {k: (sum(v[-5:]) / len(v[-5:])) for k, v in telemetry.curve.items() if v}
     manifest = ConceptManifest(
         tenant=concept.id.tenant,

@@ -3,6 +3,7 @@
 The recipe warms the LR up over 3 of its 4 steps, so every comparison below also checks that the
 schedule runs (and restarts per pack, and continues on resume) on the DeepSpeed path.
 """
+import dataclasses
 import json
 import shutil
 from datetime import datetime
@@ -10,7 +11,7 @@ from datetime import datetime
 import pytest
 import torch
 
-from omnipersona.concepts.artifact import ConceptArtifact, artifact_subpath
+from omnipersona.concepts.artifact import ConceptArtifact, config_hash
 from omnipersona.concepts.bank import ConceptBank
 from omnipersona.concepts.samples import SampleBuilder
 from omnipersona.identity import ConceptId
@@ -20,7 +21,7 @@ from omnipersona.world import make_concepts
 from omnipersona.world.uploads import UploadOptions, write_uploads
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.dataset import build_ingest
-from pipelines.storage import filesystem_for
+from pipelines.storage import filesystem_for, list_files
 from pipelines.train.config import DeepSpeedConfig, ScalingSettings, TrainStageConfig
 from pipelines.train.example_store import read_pools, write_examples
 from pipelines.train.runner import TrainConcept
@@ -47,7 +48,8 @@ def job(s3_server, ray_session, tiny_bagel_dir, tmp_path_factory):
     assert len(result.concepts) == 12, result.quarantine
     fs, path = filesystem_for(s3_server.uri("train/examples"), storage)
     write_examples(result.dataset, fs, path)
-    specs = [TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest) for c in result.concepts]
+    specs = [TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest,
+                          config_hash(recipe()), load_bagel(str(tiny_bagel_dir)).fingerprint) for c in result.concepts]
     return dict(specs=specs, storage=storage, examples=s3_server.uri("train/examples"), model=str(tiny_bagel_dir),
                 runs=str(local / "runs"), server=s3_server)
 
@@ -68,16 +70,21 @@ def stage_config(zero: int, pack_size: int = 4, workers: int = 2, warmup_steps: 
 
 
 def train(job, job_id, root, cfg, specs=None, fail_after_steps=None):
-    return run_training(job_id=job_id, concepts=specs or job["specs"], model_uri=job["model"], examples_uri=job["examples"],
+    # A concept is planned for the recipe it trains with (its artifact path names the recipe's hash).
+    specs = [dataclasses.replace(s, recipe_hash=config_hash(cfg.recipe)) for s in specs or job["specs"]]
+    return run_training(job_id=job_id, concepts=specs, model_uri=job["model"], examples_uri=job["examples"],
                         artifact_root=job["server"].uri(root), run_storage_uri=job["runs"], storage=job["storage"], cfg=cfg,
                         hidden_size=64, num_layers=2, fail_after_steps=fail_after_steps)
 
 
 def load_all(job, root, specs=None):
+    """Every concept's one artifact below `root` (each root holds one recipe's run)."""
     fs, base = filesystem_for(job["server"].uri(root), job["storage"])
     out = {}
     for s in specs or job["specs"]:
-        out[s.id.key] = ConceptArtifact.load(f"{base}/{artifact_subpath(s.id.tenant, s.id.concept, s.data_digest)}", filesystem=fs)
+        manifests = [f.path for f in list_files(fs, f"{base}/{s.id.key}/{s.data_digest}") if f.path.endswith("/manifest.json")]
+        assert len(manifests) == 1, manifests
+        out[s.id.key] = ConceptArtifact.load(manifests[0].rsplit("/", 1)[0], filesystem=fs)
     return out
 
 

@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 import boto3
 import pytest
+
+from omnipersona.identity import ConceptId
 import torch
 from pyarrow import fs as pafs
 from pydantic import BaseModel
@@ -206,7 +208,7 @@ def test_save_overwrites_and_leaves_no_temp_files(tmp_path):
 def test_pyarrow_local_filesystem(tmp_path):
     local = pafs.LocalFileSystem()
     artifact = make_artifact()
-    path = f"{tmp_path.as_posix()}/root/{artifact_subpath('acme', 'rex', 'd1g35t')}"
+    path = f"{tmp_path.as_posix()}/root/{artifact_subpath(ConceptId('acme', 'rex'), 'd1g35t', 'cfg0001', 'fp-aaaa')}"
     artifact.save(path, filesystem=local)
     names = sorted(i.base_name for i in local.get_file_info(pafs.FileSelector(path)))
     assert names == [TENSORS_FILE, MANIFEST_FILE]
@@ -227,7 +229,7 @@ def test_s3_round_trip_on_a_local_s3_server():
             endpoint_override=f"{host}:{port}", scheme="http", access_key="test", secret_key="test", region="us-east-1"
         )
         artifact = make_artifact()
-        path = f"concepts/artifacts/{artifact_subpath('acme', 'rex', 'd1g35t')}"
+        path = f"concepts/artifacts/{artifact_subpath(ConceptId('acme', 'rex'), 'd1g35t', 'cfg0001', 'fp-aaaa')}"
         artifact.save(path, filesystem=s3)
         keys = sorted(i.base_name for i in s3.get_file_info(pafs.FileSelector(path)))
         assert keys == [TENSORS_FILE, MANIFEST_FILE]  # temp keys are gone
