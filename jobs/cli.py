@@ -26,13 +26,18 @@ def _demo(args) -> int:
 def _status(args) -> int:
     from pipelines.config import JobConfig
     from pipelines.paths import JobPaths
-    from pipelines.storage import filesystem_for, read_bytes
+    from pipelines.storage import filesystem_for
+    from pipelines.summary import read_run_summaries, runs_table
 
     cfg = JobConfig.from_yaml(args.config)
     paths = JobPaths.of(cfg, args.job_id)
-    fs, summary = filesystem_for(paths.summary_markdown, cfg.storage)
-    if fs.get_file_info(summary).type.name == "File":
-        print(read_bytes(fs, summary).decode())
+    fs, runs_dir = filesystem_for(paths.runs, cfg.storage)
+    summaries = read_run_summaries(fs, runs_dir)
+    if summaries:
+        print(f"job {args.job_id}: {len(summaries)} run(s)\n")
+        print(runs_table(summaries))
+        print(f"latest run {summaries[-1].run_id}:\n")
+        print(summaries[-1].to_markdown())
         return 0
     quarantine = fs.get_file_info(filesystem_for(paths.quarantine, cfg.storage)[1])
     state = "running (ingest done)" if quarantine.type.name == "File" else "unknown (no trace of this job id)"

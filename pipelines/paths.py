@@ -3,7 +3,8 @@
     <artifacts.root>/<tenant>/<concept>/<data digest>/<recipe hash>/<base fingerprint>/
                                                          trained concepts (the artifact format)
     <artifacts.work or root/_work>/<job id>/examples/    the job's training examples (Parquet)
-                                           /quarantine.json, summary.json, summary.md
+                                           /quarantine.json
+                                           /runs/<run id>/summary.json, summary.md  (one per submission)
     <artifacts.runs or root/_runs>/                      Ray Train runs (checkpoints)
     <ingest.uploads_uri>/<tenant>/<concept>/             a concept's uploads (lineage)
     <evaluation.eval_sets_uri>/<tenant>/<concept>/       a concept's held-out evaluation set
@@ -49,12 +50,15 @@ class JobPaths:
         return join(self.work, "quarantine.json")
 
     @property
-    def summary_json(self) -> str:
-        return join(self.work, "summary.json")
+    def runs(self) -> str:
+        """One folder per submission of the job: `runs/<MLflow run id>/summary.{json,md}`."""
+        return join(self.work, "runs")
 
-    @property
-    def summary_markdown(self) -> str:
-        return join(self.work, "summary.md")
+    def summary_json(self, run_id: str) -> str:
+        return join(self.runs, run_id, "summary.json")
+
+    def summary_markdown(self, run_id: str) -> str:
+        return join(self.runs, run_id, "summary.md")
 
     def artifact(self, concept: ConceptId, data_digest: str, recipe_hash: str, base_fingerprint: str) -> str:
         """A trained concept: its data, recipe and base identify it (`artifact_subpath`)."""

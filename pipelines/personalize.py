@@ -59,20 +59,33 @@ class Selection:
 
 
 def run_job(cfg: JobConfig) -> JobSummary:
+    """Run every stage; the summary is written (and returned) whatever happens after the job has an
+    id. A stage that raises stops the job: the concepts it had not reached are `pending`, the summary
+    says why, and the exception propagates (the entrypoint's exit code says the job could not run)."""
     t0 = time.perf_counter()
     _ensure_ray(cfg)
     log.info("[1/5] ingest %s", cfg.ingest.uploads_uri)
     ctx, ingest = open_job(cfg)
-    log.info("[2/5] select new or changed concepts")
-    selection = select(ctx, ingest)
-    write_training_examples(ctx, ingest, selection)
-    if selection.to_train:
-        log.info("[3/5] train %d concepts", len(selection.to_train))
-        selection.to_register += train(ctx, selection.to_train)
-    log.info("[4/5] evaluate and [5/5] register %d concepts", len(selection.to_register))
-    evaluate_and_register(ctx, selection)
-    finish_job(ctx)
-    log.info("job %s finished in %.0fs: %s", ctx.paths.job_id, time.perf_counter() - t0, ctx.summary.counts())
+    log.info("job %s, MLflow run %s", ctx.paths.job_id, ctx.run_id)
+    try:
+        log.info("[2/5] select new or changed concepts")
+        selection = select(ctx, ingest)
+        write_training_examples(ctx, ingest, selection)
+        if selection.to_train:
+            log.info("[3/5] train %d concepts", len(selection.to_train))
+            selection.to_register += train(ctx, selection.to_train)
+        log.info("[4/5] evaluate and [5/5] register %d concepts", len(selection.to_register))
+        evaluate_and_register(ctx, selection)
+    except BaseException as exc:
+        ctx.summary.error = f"{type(exc).__name__}: {exc}"
+        for c in ingest.concepts:
+            if not any(o.concept_key == c.concept_key for o in ctx.summary.concepts):
+                ctx.summary.add(ConceptOutcome(concept_key=c.concept_key, outcome="pending", reason="the job stopped before it"))
+        raise
+    finally:
+        finish_job(ctx)
+        log.info("job %s run %s finished in %.0fs: %s", ctx.paths.job_id, ctx.run_id, time.perf_counter() - t0,
+                 ctx.summary.counts())
     return ctx.summary
 
 
@@ -91,9 +104,10 @@ def _ensure_ray(cfg: JobConfig) -> None:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
 
 
-def job_id_for(cfg: JobConfig, snapshot_digest: str, recipe_hash: str) -> str:
-    """Same snapshot + same training config = same job id (so a rerun resumes or is a no-op)."""
-    return cfg.job_id or f"job-{hashlib.sha256(f'{snapshot_digest}|{recipe_hash}'.encode()).hexdigest()[:12]}"
+def job_id_for(cfg: JobConfig, snapshot_digest: str, recipe_hash: str, base_fingerprint: str) -> str:
+    """Same snapshot + recipe + base = same job id (so a rerun resumes or is a no-op)."""
+    key = f"{snapshot_digest}|{recipe_hash}|{base_fingerprint}"
+    return cfg.job_id or f"job-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 # ---------------------------------------------------------------- 1. ingest, and the job's identity
@@ -114,7 +128,7 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
     ingest = build_ingest(cfg.ingest, cfg.storage, feature_fn=features)
     digests = ingest.snapshot.digests()
     snapshot_digest = hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(digests.items())).encode()).hexdigest()[:16]
-    paths = JobPaths.of(cfg, job_id_for(cfg, snapshot_digest, recipe_hash))
+    paths = JobPaths.of(cfg, job_id_for(cfg, snapshot_digest, recipe_hash, bundle.fingerprint))
 
     summary = JobSummary(job_id=paths.job_id, started_at=started, snapshot_uri=cfg.ingest.uploads_uri,
                          config_hash=recipe_hash, quarantined_objects=len(ingest.quarantine.rows))
@@ -138,6 +152,7 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
         ray_submission_id=os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_SUBMISSION_ID"),
     ))
     registry = ConceptRegistry(connection, prefix=cfg.mlflow.registry_prefix)
+    summary.run_id = run_id
     ctx = JobContext(cfg, paths, model_uri, bundle, recipe_hash, runs, run_id, registry, summary)
     return ctx, ingest
 
@@ -297,10 +312,12 @@ def register(ctx: JobContext, c: TrainConcept, evaluation: Evaluation) -> Concep
 
 
 def finish_job(ctx: JobContext) -> None:
-    """The summary in the work folder and in the job's MLflow run; the run ends."""
+    """This run's summary in the work folder (`runs/<run id>/`) and in its MLflow run; the run ends
+    FAILED when a concept failed or is pending, so the MLflow UI shows it too."""
     summary = ctx.summary.finish()
-    fs, _ = filesystem_for(ctx.paths.work, ctx.cfg.storage)
-    for uri, text in ((ctx.paths.summary_json, summary.to_json()), (ctx.paths.summary_markdown, summary.to_markdown())):
-        write_bytes_atomic(fs, filesystem_for(uri, ctx.cfg.storage)[1], text.encode())
+    for uri, text in ((ctx.paths.summary_json(ctx.run_id), summary.to_json()),
+                      (ctx.paths.summary_markdown(ctx.run_id), summary.to_markdown())):
+        fs, path = filesystem_for(uri, ctx.cfg.storage)
+        write_bytes_atomic(fs, path, text.encode())
     ctx.runs.log_summary(ctx.run_id, summary.to_json(), summary.to_markdown(), summary.counts())
-    ctx.runs.end(ctx.run_id, "FINISHED")
+    ctx.runs.end(ctx.run_id, "FINISHED" if summary.complete else "FAILED")

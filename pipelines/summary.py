@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Outcome = Literal["done", "skipped", "quarantined", "failed"]
+# pending: the job stopped before it reached the concept (it is picked up by the next run).
+Outcome = Literal["done", "skipped", "quarantined", "failed", "pending"]
+OUTCOMES: tuple[str, ...] = ("done", "skipped", "quarantined", "failed", "pending")
 
 
 class ConceptOutcome(BaseModel):
@@ -23,18 +25,25 @@ class ConceptOutcome(BaseModel):
 
 class JobSummary(BaseModel):
     job_id: str
+    run_id: str | None = None  # this submission's MLflow run (also its folder under <work>/<job id>/runs/)
     started_at: datetime
     finished_at: datetime | None = None
     snapshot_uri: str
     config_hash: str
     concepts: list[ConceptOutcome] = Field(default_factory=list)
     quarantined_objects: int = 0
+    error: str | None = None  # why the job stopped early, when it did
+
+    @property
+    def complete(self) -> bool:
+        """Every concept done, skipped or quarantined (bad input is reported, not a failed job)."""
+        return self.error is None and not any(c.outcome in ("failed", "pending") for c in self.concepts)
 
     def add(self, outcome: ConceptOutcome) -> None:
         self.concepts = [c for c in self.concepts if c.concept_key != outcome.concept_key] + [outcome]
 
     def counts(self) -> dict[str, int]:
-        out = {k: 0 for k in ("done", "skipped", "quarantined", "failed")}
+        out = {k: 0 for k in OUTCOMES}
         for c in self.concepts:
             out[c.outcome] += 1
         return out
@@ -52,11 +61,13 @@ class JobSummary(BaseModel):
         lines = [
             f"# Personalization job `{self.job_id}`",
             "",
-            f"- snapshot: `{self.snapshot_uri}`",
+            f"- run: `{self.run_id}`" if self.run_id else "- run: (no MLflow run)",
+            f"- snapshot: `{markdown_cell(self.snapshot_uri)}`",
             f"- config hash: `{self.config_hash}`",
             f"- started {self.started_at:%Y-%m-%d %H:%M:%S} UTC, finished {self.finished_at:%Y-%m-%d %H:%M:%S} UTC" if self.finished_at else f"- started {self.started_at}",
-            f"- **{counts['done']} done, {counts['skipped']} skipped, {counts['quarantined']} quarantined, {counts['failed']} failed**"
-            f" ({self.quarantined_objects} quarantined objects in total)",
+            f"- **{counts['done']} done, {counts['skipped']} skipped, {counts['quarantined']} quarantined, {counts['failed']} failed,"
+            f" {counts['pending']} pending** ({self.quarantined_objects} quarantined objects in total)",
+            *([f"- **the job stopped early**: {markdown_cell(self.error)}"] if self.error else []),
             "",
             "| concept | outcome | model | version | champion | why | reason |",
             "|---|---|---|---|---|---|---|",
@@ -71,3 +82,24 @@ class JobSummary(BaseModel):
 def markdown_cell(text: str) -> str:
     """Text that stays inside its table cell: no line breaks, no unescaped '|'."""
     return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())
+
+
+def read_run_summaries(fs, runs_dir: str) -> list[JobSummary]:
+    """Every run's summary of a job (`<work>/<job id>/runs/*/summary.json`), oldest first."""
+    from pipelines.storage import list_files, read_bytes
+
+    found = [JobSummary.model_validate_json(read_bytes(fs, f.path))
+             for f in list_files(fs, runs_dir) if f.path.endswith("/summary.json")]
+    return sorted(found, key=lambda s: s.started_at)
+
+
+def runs_table(summaries: list[JobSummary]) -> str:
+    """One line per run of a job: when, what it did, whether it completed."""
+    lines = ["| run | started (UTC) | done | skipped | quarantined | failed | pending | state |", "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        c = s.counts()
+        state = "complete" if s.complete else ("stopped: " + s.error if s.error else "incomplete")
+        lines.append("| " + " | ".join(markdown_cell(x) for x in (
+            s.run_id or "", f"{s.started_at:%Y-%m-%d %H:%M:%S}", c["done"], c["skipped"], c["quarantined"], c["failed"],
+            c["pending"], state)) + " |")
+    return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -44,23 +45,28 @@ def resolve_code_version() -> str:
 
 
 class JobRuns:
+    """One MLflow run per submission of a job: a rerun of the same job id gets a run of its own (the
+    first run's record stays as it was), tagged with the job id so a job's runs can be listed."""
+
     def __init__(self, mlflow: MlflowConnection) -> None:
         self.mlflow = mlflow
 
-    def find(self, job_id: str) -> str | None:
-        runs = self.mlflow.call(
-            "search runs",
-            self.mlflow.client.search_runs,
-            [self.mlflow.experiment_id],
-            filter_string=f"tags.`{names.RUN_TAG_JOB_ID}` = '{names.checked_token(job_id, 'job id')}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+    def _search(self, filter_string: str, max_results: int):
+        return self.mlflow.call("search runs", self.mlflow.client.search_runs, [self.mlflow.experiment_id],
+                                filter_string=filter_string, max_results=max_results, order_by=["attributes.start_time ASC"])
+
+    def of_job(self, job_id: str) -> list[str]:
+        """The ids of a job's runs, oldest first."""
+        runs = self._search(f"tags.`{names.RUN_TAG_JOB_ID}` = '{names.checked_token(job_id, 'job id')}'", 1000)
+        return [r.info.run_id for r in runs]
 
     def start(self, spec: JobRunSpec) -> str:
-        """The run of this job: created once, reused (and set running again) on a rerun."""
+        """A new run for this submission. Created once even when the create call is retried: a
+        token of this submission tags it, and a retry first looks for that token."""
+        token = uuid.uuid4().hex
         tags = {
             names.RUN_TAG_JOB_ID: spec.job_id,
+            names.RUN_TAG_SUBMISSION_TOKEN: token,
             names.RUN_TAG_SNAPSHOT_URI: spec.snapshot_uri,
             names.RUN_TAG_SNAPSHOT_DIGEST: spec.snapshot_digest,
             names.RUN_TAG_CONFIG_HASH: spec.config_hash,
@@ -71,15 +77,16 @@ class JobRuns:
         }
         if spec.ray_submission_id:
             tags[names.RUN_TAG_RAY_SUBMISSION_ID] = spec.ray_submission_id
-        client = self.mlflow.client
-        run_id, created = self.mlflow.create_once(
-            lambda: self.find(spec.job_id),
-            lambda: client.create_run(self.mlflow.experiment_id, run_name=spec.job_id, tags=tags).info.run_id,
+
+        def find() -> str | None:
+            runs = self._search(f"tags.`{names.RUN_TAG_SUBMISSION_TOKEN}` = '{token}'", 1)
+            return runs[0].info.run_id if runs else None
+
+        run_id, _ = self.mlflow.create_once(
+            find,
+            lambda: self.mlflow.client.create_run(self.mlflow.experiment_id, run_name=spec.job_id, tags=tags).info.run_id,
             f"run for job {spec.job_id}",
         )
-        if not created:
-            log.info("reusing run %s of job %s", run_id, spec.job_id)
-            self.mlflow.call("reopen run", client.update_run, run_id, status="RUNNING")
         return run_id
 
     def log_summary(self, run_id: str, summary_json: str, summary_markdown: str, counts: dict[str, int]) -> None:

@@ -31,6 +31,7 @@ TAG_LAST_ROLLBACK = "last_rollback"  # on the registered model: "<from> -> <to>"
 
 # Tags on the job run.
 RUN_TAG_JOB_ID = "omnipersona.job_id"
+RUN_TAG_SUBMISSION_TOKEN = "omnipersona.submission_token"  # tells this submission's run from its retried creates
 RUN_TAG_SNAPSHOT_URI = "omnipersona.snapshot_uri"
 RUN_TAG_SNAPSHOT_DIGEST = "omnipersona.snapshot_digest"
 RUN_TAG_CONFIG_HASH = "omnipersona.config_hash"
@@ -39,6 +40,17 @@ RUN_TAG_BASE_MODEL_ID = "omnipersona.base_model_id"
 RUN_TAG_BASE_FINGERPRINT = "omnipersona.base_fingerprint"
 RUN_TAG_ZERO_STAGE = "omnipersona.zero_stage"
 RUN_TAG_RAY_SUBMISSION_ID = "omnipersona.ray_submission_id"
+
+# Tags on a concept's registration run: a child of the job run (MLflow's `mlflow.parentRunId`), one per
+# registered concept, holding the concept's logged model link, metrics, pictures and dataset input.
+# Deleting the concept deletes these runs (and `mlflow gc` their rows): the only run-level records
+# that name the concept.
+RUN_TAG_TENANT = "omnipersona.tenant"
+RUN_TAG_CONCEPT = "omnipersona.concept"
+RUN_TAG_DATA_URI = "omnipersona.data_uri"  # the concept's upload folder (lineage)
+RUN_TAG_DATA_DIGEST = "omnipersona.data_digest"
+RUN_TAG_DATASET_NAME = "omnipersona.dataset_name"  # the opaque name of its MLflow dataset input
+RUN_TAG_CREATE_TOKEN = "omnipersona.create_token"  # tells this run from a retried create
 
 LOGGED_MODEL_TYPE = "omnipersona-concept"
 
@@ -68,3 +80,8 @@ def logged_model_filter(concept: ConceptId, data_digest: str | None = None, conf
         if value is not None:
             parts.append(f"tags.{tag} = '{checked_token(value, what)}'")
     return " AND ".join(parts)
+
+
+def concept_run_filter(concept: ConceptId) -> str:
+    """Filter string for ``search_runs`` over a concept's registration runs (validated ids)."""
+    return f"tags.`{RUN_TAG_TENANT}` = '{concept.tenant}' AND tags.`{RUN_TAG_CONCEPT}` = '{concept.concept}'"

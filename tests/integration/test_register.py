@@ -87,7 +87,7 @@ def run_id(registry) -> str:
     return JobRuns(registry.mlflow).start(spec)
 
 
-def test_job_run_carries_tags_and_is_reused_on_rerun(registry, mlflow_server):
+def test_each_submission_of_a_job_gets_its_own_run_with_the_tags(registry, mlflow_server):
     spec = JobRunSpec(
         job_id=unique("job"),
         snapshot_uri="s3://b/uploads",
@@ -97,11 +97,14 @@ def test_job_run_carries_tags_and_is_reused_on_rerun(registry, mlflow_server):
         base_fingerprint="fp-tiny",
         zero_stage=3,
     )
-    first = JobRuns(registry.mlflow).start(spec)
-    JobRuns(registry.mlflow).end(first, "FAILED")
-    again = JobRuns(registry.mlflow).start(spec)
-    assert again == first
-    run = MlflowClient(mlflow_server.tracking_uri).get_run(first)
+    runs = JobRuns(registry.mlflow)
+    first = runs.start(spec)
+    runs.end(first, "FAILED")
+    again = runs.start(spec)
+    assert again != first and runs.of_job(spec.job_id) == [first, again]
+    client = MlflowClient(mlflow_server.tracking_uri)
+    assert client.get_run(first).info.status == "FAILED"  # the first run's record stays as it was
+    run = client.get_run(again)
     assert run.info.run_name == spec.job_id
     assert run.info.status == "RUNNING"
     tags = run.data.tags

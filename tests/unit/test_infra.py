@@ -210,7 +210,10 @@ def test_nightly_schedule_creates_rayjobs():
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     command = " ".join(container.get("command", []) + container.get("args", []))
-    assert command.startswith("kubectl create") and "/template/rayjob.yaml" in command
+    assert "kubectl create --namespace omnipersona -f /template/rayjob.yaml" in command
+    # It waits for the RayJob and fails with it, so a failed night is a failed Kubernetes Job.
+    assert "FAILED" in command and "exit 1" in command and "SUCCEEDED" in command
+    assert cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
     # The account it runs as may create RayJobs.
     (_, role), = k8s("Role")
     assert any("rayjobs" in rule["resources"] and "create" in rule["verbs"] for rule in role["rules"])
