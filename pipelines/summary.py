@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -59,11 +61,11 @@ class JobSummary(BaseModel):
     def to_markdown(self) -> str:
         counts = self.counts()
         lines = [
-            f"# Personalization job `{self.job_id}`",
+            f"# Personalization job {markdown_code(self.job_id)}",
             "",
-            f"- run: `{self.run_id}`" if self.run_id else "- run: (no MLflow run)",
-            f"- snapshot: `{markdown_cell(self.snapshot_uri)}`",
-            f"- config hash: `{self.config_hash}`",
+            f"- run: {markdown_code(self.run_id)}" if self.run_id else "- run: (no MLflow run)",
+            f"- snapshot: {markdown_code(self.snapshot_uri)}",
+            f"- config hash: {markdown_code(self.config_hash)}",
             f"- started {self.started_at:%Y-%m-%d %H:%M:%S} UTC, finished {self.finished_at:%Y-%m-%d %H:%M:%S} UTC" if self.finished_at else f"- started {self.started_at}",
             f"- **{counts['done']} done, {counts['skipped']} skipped, {counts['quarantined']} quarantined, {counts['failed']} failed,"
             f" {counts['pending']} pending** ({self.quarantined_objects} quarantined objects in total)",
@@ -79,9 +81,35 @@ class JobSummary(BaseModel):
         return "\n".join(lines) + "\n"
 
 
-def markdown_cell(text: str) -> str:
-    """Text that stays inside its table cell: no line breaks, no unescaped '|'."""
-    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())
+# Backslash-escaped wherever they are printed: what could start emphasis, code, links, HTML, tables.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]<>|~&#!])")
+_INVISIBLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+MAX_CELL_CHARS = 1000
+
+
+def _one_line(text: object) -> str:
+    """`text` on one line: whitespace runs (newlines included) become one space, and control or
+    invisible characters (ANSI escapes, bidi overrides, zero-width) are shown as `(U+XXXX)`."""
+    flat = " ".join(str(text).split())
+    if len(flat) > MAX_CELL_CHARS:
+        flat = flat[:MAX_CELL_CHARS] + "..."
+    return "".join(f"(U+{ord(ch):04X})" if unicodedata.category(ch) in _INVISIBLE else ch for ch in flat)
+
+
+def markdown_cell(text: object) -> str:
+    """Text that stays inside its table cell and prints as itself: one line, markdown and HTML
+    punctuation escaped (no '|' ends the cell, no `<tag>`, link or emphasis forms), control and
+    invisible characters made visible. User text reaches the summary through quarantine messages."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", _one_line(text))
+
+
+def markdown_code(text: object) -> str:
+    """`text` as one inline code span (job ids, run ids, URIs): nothing inside is markdown, and the
+    fence is longer than any run of backticks in the text."""
+    flat = _one_line(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") or not flat.strip() else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def read_run_summaries(fs, runs_dir: str) -> list[JobSummary]:

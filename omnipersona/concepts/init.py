@@ -18,6 +18,7 @@ import torch
 
 from ..model.images import to_tensor
 from ..model.layers import flattened_position_ids, patchify
+from ..model.tokenizer import encode_user_text
 from .bank import ConceptBank
 from .samples import ImageCache, encode_posterior
 
@@ -87,7 +88,8 @@ def init_concept(
     def noise(n):
         return torch.randn(n, bank.hidden_size, generator=g).to(embed) * std
 
-    word_ids = tok.encode(" " + class_word.strip(), add_special_tokens=False) or [0]
+    # The class word is user text: special-token strings in it are ordinary tokens (never a control row).
+    word_ids = encode_user_text(tok, " " + class_word.strip()) or [0]
     word = embed[word_ids].mean(0)
     if strategy == "random":
         bank.identifier[slot] = noise(1)

@@ -1,40 +1,52 @@
 """Text with concept placeholders -> token ids with the bank's virtual ids.
 
 Training templates write `<sks>` for "the sample's own concept"; user prompts write the concept's
-name in angle brackets (`<maeve>`). Both become the identifier's virtual id of that concept's slot.
-Every sample starts with the concept's system prompt `"<sks> is <und_1>...<und_Nu> <gen_1>...<gen_Ng>."`.
+name in angle brackets (`<maeve>`, `<Mr. Whiskers>`). Both become the identifier's virtual id of
+that concept's slot. Every sample starts with the concept's system prompt
+`"<sks> is <und_1>...<und_Nu> <gen_1>...<gen_Ng>."`.
+
+Text is data, never control: everything between placeholders is tokenised by
+`omnipersona.model.tokenizer.encode_user_text`, so `<|im_start|>` or `<|endoftext|>` written in a
+fact, a question or a display name are ordinary tokens; the only control ids of a sample are the
+template's, added by the packer (`omnipersona.model.packing`) and the sampler.
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-from ..identity import NAME_PATTERN
+from ..model.tokenizer import encode_user_text
 from .bank import ConceptBank
 from .upload_schema import PLACEHOLDER
 
-_NAME = re.compile(rf"<({NAME_PATTERN})>")  # a concept named in angle brackets, by the one name rule
+
+@lru_cache(maxsize=256)
+def _placeholders(names: tuple[str, ...]) -> re.Pattern:
+    """`<name>` for exactly the given names, longest first (a name that itself holds '>' is not cut short)."""
+    ordered = sorted((n for n in names if n), key=lambda n: (-len(n), n))
+    return re.compile("<(" + "|".join(re.escape(n) for n in ordered) + ")>")
 
 
 def encode(tokenizer, text: str, identifiers: dict[str, int]) -> list[int]:
     """Tokenize `text`, replacing `<name>` for every name in `identifiers` by its virtual id.
 
+    A name is matched literally, whatever characters it holds (a display name such as `Mr. Whiskers`
+    or even `<|im_start|>` binds to its identifier); the rest is user text (`encode_user_text`).
     The space before a placeholder is dropped so the identifier stands as a word by itself,
     identically in training and at inference.
     """
     ids: list[int] = []
     pos = 0
-    for m in _NAME.finditer(text):
-        name = m.group(1)
-        if name not in identifiers:
-            continue
+    names = tuple(n for n in identifiers if n)
+    for m in _placeholders(names).finditer(text) if names else ():
         piece = text[pos : m.start()].rstrip(" ")
         if piece:
-            ids.extend(tokenizer.encode(piece, add_special_tokens=False))
-        ids.append(identifiers[name])
+            ids.extend(encode_user_text(tokenizer, piece))
+        ids.append(identifiers[m.group(1)])
         pos = m.end()
     tail = text[pos:]
     if tail:
-        ids.extend(tokenizer.encode(tail, add_special_tokens=False))
+        ids.extend(encode_user_text(tokenizer, tail))
     return ids
 
 
@@ -56,8 +68,8 @@ def decode(tokenizer, ids: list[int], names_by_id: dict[int, str]) -> str:
 
 def system_prompt_ids(tokenizer, bank: ConceptBank, slot: int) -> list[int]:
     """`<sks> is <und...> <gen...>.` for the concept in `slot`."""
-    is_ids = tokenizer.encode(" is", add_special_tokens=False)
-    dot = tokenizer.encode(".", add_special_tokens=False)
+    is_ids = encode_user_text(tokenizer, " is")
+    dot = encode_user_text(tokenizer, ".")
     return [bank.identifier_id(slot)] + is_ids + bank.und_ids(slot) + bank.gen_ids(slot) + dot
 
 

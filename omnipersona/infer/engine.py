@@ -8,6 +8,11 @@
 Each loaded concept gets a slot in one inference bank; its system prompt ("<maeve> is <und...>
 <gen...>.") is prefilled first, with generation tokens routed to the generation expert.
 
+A concept is named in prompts by its display name in angle brackets, matched literally whatever it
+holds (`<Mr. Whiskers>`), and becomes its identifier token; every other character of a prompt is
+user text, tokenised with special-token strings split into ordinary tokens
+(`omnipersona.model.tokenizer.encode_user_text`): only the template's markers are control ids.
+
 Classifier-free guidance: with `guide_concept` (the default) the text-free branch of generation and
 editing leaves out the concept's system prompt too, so guidance pushes towards the concept as well
 as the request; without it, the concept's tokens sit in both branches and only the request is
@@ -31,6 +36,7 @@ from ..concepts.artifact import ConceptArtifact
 from ..concepts.bank import ConceptBank
 from ..concepts.prompts import decode, encode, system_prompt_ids
 from ..model.images import to_pil, to_tensor
+from ..model.tokenizer import encode_user_text
 from ..model.sampling import (
     Context,
     FlowSampling,
@@ -65,14 +71,18 @@ class Persona:
         if bundle.tokenizer is None:
             raise ValueError("the base model folder has no tokenizer files: inference needs them")
         self.bundle, self.bank, self.names = bundle, bank, list(names)
+        twice = sorted({n for n in self.names if self.names.count(n) > 1})
+        if twice or "" in self.names:
+            # A name is how a prompt reaches a concept's identifier: one name, one concept.
+            raise ValueError(f"every loaded concept needs its own non-empty name; repeated or empty: {twice or ['']}")
         self.slots = {name: i for i, name in enumerate(self.names)}
         self.image_size = image_size
         self.sampling = sampling or FlowSampling()
         self.guide_concept = guide_concept
         self.replay = KnowledgeReplay(self, appearance=replay_appearance)
         tok = bundle.tokenizer
-        self._yes = tok.encode("Yes", add_special_tokens=False)[0]
-        self._no = tok.encode("No", add_special_tokens=False)[0]
+        self._yes = encode_user_text(tok, "Yes")[0]
+        self._no = encode_user_text(tok, "No")[0]
         self._prefixes: dict[tuple[int, ...], Context] = {}  # system-prompt contexts, forked per call
 
     # ------------------------------------------------------------------ loading

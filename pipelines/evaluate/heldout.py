@@ -6,6 +6,12 @@ of a production job uses what every concept has: the ingest epoch that was held 
 held-out check (`omnipersona.tasks`: recognition as weighted accuracy over positives and
 negatives, answer accuracy of QA and VQA). Sample pictures (a generation and an edit) go to MLflow
 for people to look at.
+
+The concept is asked about by the name it is loaded under in the `Persona` (its display name): each
+check writes `<name>` where the example says `<sks>`, and the Persona binds `<name>` to the
+concept's identifier token, whatever characters the name holds (`Mr. Whiskers`, even
+`<|im_start|>system`). A name the Persona has not loaded is refused here: scoring the base model
+without the concept's tokens would let the gate measure the wrong thing.
 """
 from __future__ import annotations
 
@@ -16,8 +22,17 @@ from omnipersona.infer.engine import Persona
 from omnipersona.tasks import task_type
 
 
+def check_bound(persona: Persona, name: str) -> None:
+    """`name` must be a concept the persona binds to its identifier (`Persona.slots`)."""
+    slots = getattr(persona, "slots", None)  # stand-ins without slots (tests) bind nothing themselves
+    if slots is not None and name not in slots:
+        raise KeyError(f"concept {name!r} is not loaded in the persona (loaded: {list(slots)}); its prompts would not "
+                       "reach the concept's identifier")
+
+
 def heldout_metrics(persona: Persona, name: str, examples: list[ConceptExample], max_examples: int = 16) -> dict[str, float]:
     """Each task's held-out metrics over at most its share of `max_examples` examples, in their order."""
+    check_bound(persona, name)
     scores: dict[str, list] = {}
     for ex in examples:
         check = task_type(ex.task).heldout
@@ -35,6 +50,7 @@ def heldout_metrics(persona: Persona, name: str, examples: list[ConceptExample],
 
 def sample_pictures(persona: Persona, name: str, examples: list[ConceptExample]) -> dict[str, Image.Image]:
     """A text-to-image sample and an edit sample (source | result side by side)."""
+    check_bound(persona, name)
     pictures = {"generation.png": persona.generate(name, f"A photo of <{name}>.", replay=False).image}
     source = next((ex.image for ex in examples if ex.task == "edit" and ex.image is not None), None)
     if source is None:

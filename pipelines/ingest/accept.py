@@ -8,6 +8,7 @@ each surviving concept into a ``ConceptMaterial`` for the example planner.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from omnipersona.concepts.upload_schema import (
     NEGATIVES_DIR,
     ConceptDescription,
     ConceptDescriptionError,
+    DisplayNameError,
     parse_concept_json,
 )
 from omnipersona.identity import ConceptId
@@ -32,6 +34,7 @@ from pipelines.ingest.quarantine import QuarantineRow, Reason, Source
 from pipelines.ingest.snapshot import ConceptSnapshot, Snapshot, SnapshotObject
 from pipelines.storage import read_bytes
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Candidate:
@@ -106,11 +109,18 @@ def _read_description(fs, c: ConceptSnapshot, cfg: IngestConfig) -> ConceptDescr
     if obj.size > cfg.limits.max_concept_json_bytes:
         return reject(Reason.BAD_CONCEPT_JSON, f"concept.json is {obj.size} bytes, over {cfg.limits.max_concept_json_bytes}")
     try:
-        return parse_concept_json(read_bytes(fs, obj.path))
-    except ConceptDescriptionError as exc:
-        return reject(Reason.BAD_CONCEPT_JSON, str(exc))
+        data = read_bytes(fs, obj.path)
     except OSError as exc:
         return reject(Reason.READ_ERROR, f"cannot read concept.json: {exc}")
+    try:
+        return parse_concept_json(data, max_bytes=cfg.limits.max_concept_json_bytes)
+    except DisplayNameError as exc:
+        return reject(Reason.BAD_DISPLAY_NAME, str(exc))
+    except ConceptDescriptionError as exc:
+        return reject(Reason.BAD_CONCEPT_JSON, str(exc))
+    except Exception as exc:  # a reader bug must not stop the job on one user's file: refuse it, loudly
+        log.exception("unexpected error parsing %s", obj.path)
+        return reject(Reason.BAD_CONCEPT_JSON, f"concept.json could not be parsed ({type(exc).__name__})")
 
 
 def select_objects(snapshot: Snapshot, fs, cfg: IngestConfig) -> Selection:
@@ -244,9 +254,12 @@ def decide(
         others = [x for t in tenants for x in images_by_tenant[t] if x.concept_id != concept_id]
         # A negative with the same bytes as one of the concept's own images would teach "no" on a positive.
         candidates = [x for x in pool_ok + others if sha(x) not in own_hashes]
+        notes = []
         if len(candidates) > cfg.negative_candidates:  # bound the per-concept cost at scale
             rng = rng_for("candidates", cfg.seed, concept_id.key)
             picked = rng.choice(len(candidates), cfg.negative_candidates, replace=False)
+            notes.append(f"{len(candidates)} negative candidates, a seeded sample of {cfg.negative_candidates} considered "
+                         "(ingest.negative_candidates)")
             candidates = [candidates[i] for i in sorted(picked)]
         mined = mine_hard_negatives(
             features(positives), features(candidates), [x.obj.path for x in candidates], cfg.hard_negatives_per_concept
@@ -265,6 +278,7 @@ def decide(
                     for e in description.edits
                     if e.source in edit_ok and e.target in edit_ok
                 ],
+                notes=notes,
             )
         )
     return materials, rows

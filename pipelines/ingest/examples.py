@@ -37,6 +37,7 @@ class ConceptMaterial:
     hard_negatives: list[str] = field(default_factory=list)
     random_negatives: list[str] = field(default_factory=list)
     edits: list[tuple[str, str, str]] = field(default_factory=list)  # (source path, target path, instruction)
+    notes: list[str] = field(default_factory=list)  # what `decide` had to cap (shown in the concept's summary)
 
     @property
     def concept_key(self) -> str:
@@ -176,17 +177,61 @@ def plan_concept_epoch(material: ConceptMaterial, cfg: IngestConfig, epoch: int)
     return [rows[i] for i in order], notes
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def cap_notes(material: ConceptMaterial, cfg: IngestConfig, rows_by_epoch: list[list[dict]]) -> list[str]:
+    """What the per-epoch caps left unused, in words for the concept's summary (nothing when all is used).
+
+    Each task draws exactly `samples_per_task` examples per epoch, so a concept with many images,
+    edits or texts has only part of them in a job (e.g. "400 images, at most 24 used per epoch")."""
+    notes: list[str] = []
+    n, epochs = cfg.samples_per_task, len(rows_by_epoch)
+    how = f"each task draws samples_per_task={n} examples per epoch; raise ingest.samples_per_task or ingest.epochs to use more"
+
+    def count(used_by_epoch: list[set], available: int, what: str) -> None:
+        everything = set().union(*used_by_epoch) if used_by_epoch else set()
+        if len(everything) < available:
+            per_epoch = max((len(u) for u in used_by_epoch), default=0)
+            notes.append(f"{available} {what}, at most {per_epoch} used per epoch ({len(everything)} over "
+                         f"{_epochs(epochs)}): {how}")
+
+    positives = set(material.positives)
+    count([{p for r in rows for p in (r["image_path"], r["target_path"]) if p in positives} for rows in rows_by_epoch],
+          len(positives), "images")
+    if "edit" in cfg.tasks and material.edits:
+        count([{(r["image_path"], r["target_path"], r["prompt"]) for r in rows if r["task"] == "edit"} for rows in rows_by_epoch],
+              len({(src, tgt, to_placeholder(text, material.spec.display_name)) for src, tgt, text in material.edits}),
+              "edit triplets")
+    texts = _texts(material.spec)
+    for task, what in (("text_qa", "text questions and answers"), ("vqa", "image questions and answers"),
+                       ("t2i", "text-to-image prompts"), ("recognition", "recognition questions")):
+        if task not in cfg.tasks:
+            continue
+        pairs = {q for q, _ in texts[task]} if task in ("t2i", "recognition") else set(texts[task])
+        used = [{r["prompt"] if task in ("t2i", "recognition") else (r["prompt"], r["answer"]) for r in rows if r["task"] == task}
+                for rows in rows_by_epoch]
+        if any(used):
+            count(used, len(pairs), f"{what} ({task})")
+    return notes
+
+
 def plan_examples(materials: list[ConceptMaterial], cfg: IngestConfig) -> tuple[list[dict], dict[str, dict]]:
     """All plan rows (epoch-major, then concept by concept) and per-concept counts and notes."""
     rows: list[dict] = []
     stats: dict[str, dict] = {}
+    by_concept: dict[str, list[list[dict]]] = {}
     for epoch in range(cfg.epochs):
         for material in sorted(materials, key=lambda m: m.concept_key):
             concept_rows, notes = plan_concept_epoch(material, cfg, epoch)
             rows.extend(concept_rows)
+            by_concept.setdefault(material.concept_key, []).append(concept_rows)
             if epoch == 0:
                 stats[material.concept_key] = {
                     "examples_per_epoch": dict(Counter(r["task"] for r in concept_rows)),
-                    "notes": notes,
+                    "notes": list(material.notes) + notes,
                 }
+    for material in materials:
+        stats[material.concept_key]["notes"] += cap_notes(material, cfg, by_concept[material.concept_key])
     return rows, stats

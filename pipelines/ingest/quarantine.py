@@ -18,6 +18,7 @@ class Reason(StrEnum):
     # concept.json
     MISSING_CONCEPT_JSON = "missing_concept_json"
     BAD_CONCEPT_JSON = "bad_concept_json"
+    BAD_DISPLAY_NAME = "bad_display_name"  # concept.json is fine but its display name cannot be bound
     MISSING_EDIT_FILE = "missing_edit_file"
     # Objects (size checks come from the listing; the rest from reading the bytes)
     EMPTY_FILE = "empty_file"

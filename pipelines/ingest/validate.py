@@ -21,6 +21,17 @@ from pipelines.ingest.quarantine import Reason
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
 
+# Leading bytes of the accepted formats (BMP's two-byte "BM" is too weak to tell text from an image):
+# a file that starts like one of them but that PIL cannot identify is a broken image, not a non-image.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signature(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+
 
 @dataclass
 class ImageCheck:
@@ -58,6 +69,8 @@ def check_image_bytes(data: bytes, limits: ValidationLimits) -> ImageCheck:
     try:
         img = _open_header(data)
     except UnidentifiedImageError:
+        if _signature(data):
+            return fail(Reason.CORRUPT_IMAGE, f"starts like a {_signature(data)} file but its header cannot be read")
         return fail(Reason.NOT_AN_IMAGE, f"not a recognised image (accepted formats: {', '.join(ALLOWED_FORMATS)})")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return fail(Reason.DECOMPRESSION_BOMB, f"header dimensions refused by PIL: {exc}")
