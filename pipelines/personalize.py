@@ -83,6 +83,9 @@ def run_job(cfg: JobConfig) -> JobSummary:
                 ctx.summary.add(ConceptOutcome(concept_key=c.concept_key, outcome="pending", reason="the job stopped before it"))
         raise
     finally:
+        notes = {c.concept_key: c.notes for c in ingest.concepts}
+        for outcome in ctx.summary.concepts:
+            outcome.notes = notes.get(outcome.concept_key, [])
         finish_job(ctx)
         log.info("job %s run %s finished in %.0fs: %s", ctx.paths.job_id, ctx.run_id, time.perf_counter() - t0,
                  ctx.summary.counts())

@@ -19,6 +19,7 @@ class ConceptOutcome(BaseModel):
     outcome: Outcome
     reason: str = ""  # why it failed, was quarantined, or stays a candidate (the gate)
     why: str = ""  # why it was trained or skipped
+    notes: list[str] = Field(default_factory=list)  # what ingest capped or left out (e.g. images used per epoch)
     model_name: str | None = None
     version: str | None = None
     promoted: bool | None = None
@@ -76,7 +77,8 @@ class JobSummary(BaseModel):
         ]
         for c in self.concepts:
             champion = "" if c.promoted is None else ("yes" if c.promoted else "no")
-            cells = (c.concept_key, c.outcome, c.model_name or "", c.version or "", champion, c.why, c.reason)
+            why = "; ".join([c.why, *c.notes]) if c.why else "; ".join(c.notes)
+            cells = (c.concept_key, c.outcome, c.model_name or "", c.version or "", champion, why, c.reason)
             lines.append("| " + " | ".join(markdown_cell(x) for x in cells) + " |")
         return "\n".join(lines) + "\n"
 
