@@ -7,6 +7,11 @@ a concept's gradient then depends only on its own samples (samples never attend 
 so with an element-wise optimizer (AdamW) training P concepts in one pack equals training each alone.
 The terms come from the task registry (`omnipersona.tasks`): CE_c pools the answer tokens of every
 `AnswerLoss` task; each `FlowLoss` task adds its own weighted MSE term, in registration order.
+
+Data parallel: a rank that holds only part of a step's examples passes `counts`, each concept's
+number of targets per term over the WHOLE step (`omnipersona.training.step_target_counts`). Its
+terms are then sum(its targets) / count: summed over the ranks, that is exactly the one-rank mean,
+whatever the number of ranks and however the examples are split.
 """
 from __future__ import annotations
 
@@ -24,23 +29,41 @@ class LossWeights:
     lambda_edit: float = 1.0
 
 
-def _per_slot_mean(values: torch.Tensor, slots: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+# Per term ('ce', or a flow task's name): each concept slot's number of targets (answer tokens for
+# 'ce', latent rows for a flow task) over a whole optimizer step, on every rank.
+TargetCounts = dict[str, torch.Tensor]
+
+
+def _per_slot_mean(values: torch.Tensor, slots: torch.Tensor, num_slots: int,
+                   step_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-slot sum of `values` over the slot's count: the batch's own count, or `step_counts` (a
+    data-parallel rank's share of the step's mean). Returns (means, the counts used)."""
     sums = values.new_zeros(num_slots).index_add(0, slots, values)
-    counts = values.new_zeros(num_slots).index_add(0, slots, torch.ones_like(values))
+    if step_counts is None:
+        counts = values.new_zeros(num_slots).index_add(0, slots, torch.ones_like(values))
+    else:
+        counts = step_counts.to(device=values.device, dtype=values.dtype)
     return sums / counts.clamp(min=1), counts
 
 
-def concept_losses(out: dict, batch: TrainBatch, num_slots: int, weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def concept_losses(out: dict, batch: TrainBatch, num_slots: int, weights: LossWeights,
+                   counts: TargetCounts | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and per-concept losses: {'ce': [P]} and one [P] per flow task in the batch ('t2i',
-    'edit', ...), NaN for a concept without such targets."""
+    'edit', ...), NaN for a concept without such targets.
+
+    `counts` (data parallel): every term divides by the concept's targets over the whole step, not
+    by those in this batch; the per-concept values are then this rank's shares of the step's means
+    (they sum over the ranks to the means), NaN where the whole step has no such targets.
+    """
     p = batch.packed
+    counts = counts or {}
     total = None
     table: dict[str, torch.Tensor] = {}
     sample_task = [task_type(t) for t in batch.sample_tasks]  # an unknown task fails here, naming the known ones
     if out.get("ce") is not None:
         slots = batch.sample_slots[p.ce_sample_ids]
-        ce, counts = _per_slot_mean(out["ce"].float(), slots, num_slots)
-        table["ce"] = torch.where(counts > 0, ce.detach(), torch.nan)
+        ce, n = _per_slot_mean(out["ce"].float(), slots, num_slots, counts.get("ce"))
+        table["ce"] = torch.where(n > 0, ce.detach(), torch.nan)
         total = ce.sum()
     if out.get("mse") is not None:
         row_samples = p.mse_sample_ids
@@ -59,8 +82,8 @@ def concept_losses(out: dict, batch: TrainBatch, num_slots: int, weights: LossWe
             if not bool(is_task.any()):
                 continue
             slots = batch.sample_slots[row_samples[is_task]]
-            mse, counts = _per_slot_mean(per_row[is_task], slots, num_slots)
-            table[task.name] = torch.where(counts > 0, mse.detach(), torch.nan)
+            mse, n = _per_slot_mean(per_row[is_task], slots, num_slots, counts.get(task.name))
+            table[task.name] = torch.where(n > 0, mse.detach(), torch.nan)
             term = task.loss.scale(weights) * mse.sum()
             total = term if total is None else total + term
     if total is None and out.get("anchor") is None:

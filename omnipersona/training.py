@@ -1,11 +1,16 @@
 """Training the concept tokens of a pack over the frozen model: the recipe, step sampling, the loss,
 and the one pack trainer.
 
-`PackTrainer` runs a pack's steps over a `TrainEngine`: anything called as `engine(batch, weights)`
-with `engine.backward(loss)` and `engine.step()` (the latter also steps the LR schedule).
+`PackTrainer` runs a pack's steps over a `TrainEngine`: anything called as `engine(batch, weights,
+counts)` with `engine.backward(loss)` and `engine.step()` (the latter also steps the LR schedule).
 `TorchEngine` is the plain-PyTorch one (`train_pack`: notebooks, tests, benchmarks); the Ray workers
 of `pipelines/train` hand it DeepSpeed's engine, which has the same shape. The recipe's optimizer
 and LR schedule are built by `make_optimizer` for both.
+
+Data parallel over W ranks, results do not depend on W: each rank takes its share of a step's
+examples (`example_share`), divides each concept's loss terms by the concept's target counts over
+the WHOLE step (`step_target_counts`, the same on every rank), and scales its loss by W because the
+engine averages gradients over the ranks; the summed gradient is then exactly the one-rank gradient.
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .concepts.bank import ConceptBank
 from .concepts.init import init_concept
+from .concepts.prompts import encode, sks
 from .concepts.samples import ConceptExample, ImageCache, SampleBuilder, TrainBatch
-from .objectives import LossWeights, concept_losses
+from .objectives import LossWeights, TargetCounts, concept_losses
+from .tasks import task_type
 
 
 class TrainConfig(BaseModel):
@@ -89,8 +96,11 @@ def step_examples(pools: list[ConceptPool], step: int, batch_size: int, seed: in
     return out
 
 
-def compute_loss(bundle, bank: ConceptBank, batch: TrainBatch, weights: LossWeights):
-    """Forward the frozen model with the bank's rows in place; returns (loss, per-concept task losses)."""
+def compute_loss(bundle, bank: ConceptBank, batch: TrainBatch, weights: LossWeights, counts: TargetCounts | None = None):
+    """Forward the frozen model with the bank's rows in place; returns (loss, per-concept task losses).
+
+    `counts`: the step's target counts when this batch is one data-parallel rank's share of it
+    (`concept_losses`)."""
     p = batch.packed
     table, identifier_output = bank()
     override = None
@@ -103,7 +113,7 @@ def compute_loss(bundle, bank: ConceptBank, batch: TrainBatch, weights: LossWeig
         embeds_override=override,
         ce_logits_fn=lambda h: bank.logits(h, bundle.model.language_model.lm_head, ce_slots, identifier_output),
     )
-    loss, per_concept = concept_losses(out, batch, bank.num_concepts, weights)
+    loss, per_concept = concept_losses(out, batch, bank.num_concepts, weights, counts)
     # Every bank tensor gets a (zero) gradient even when this batch (or this data-parallel rank's
     # share of it) never uses some rows: distributed gradient reductions need the same tensors.
     loss = loss + 0.0 * (table.sum() + identifier_output.sum())
@@ -127,6 +137,60 @@ def example_share(examples: Iterable[ConceptExample], rank: int, world: int) -> 
         if i % world == rank:
             mine.append(ex)
     return mine
+
+
+class _TargetCounter:
+    """`omnipersona.tasks.SampleParts` that only counts an example's loss targets, by the packer's
+    rules (`omnipersona.model.packing`): a loss text of n tokens gives n + 1 answer targets (each
+    token after BOS, then EOS); a noised latent gives one row per latent patch. Nothing is encoded."""
+
+    def __init__(self, tokenizer, names: dict[str, int], latent_rows: int, text_cache: dict):
+        self.tokenizer, self.names, self.latent_rows, self.text_cache = tokenizer, names, latent_rows, text_cache
+        self.answer_tokens = 0
+        self.rows = 0
+
+    def text(self, text: str, loss: bool = False) -> None:
+        if loss:
+            key = (text, tuple(sorted(self.names.items())))
+            if key not in self.text_cache:
+                self.text_cache[key] = len(encode(self.tokenizer, text, self.names)) + 1
+            self.answer_tokens += self.text_cache[key]
+
+    def vit(self, image) -> None:
+        return None
+
+    def clean_latent(self, image) -> None:
+        return None
+
+    def noised_latent(self, image) -> None:
+        self.rows += self.latent_rows
+
+
+def latent_rows(builder: SampleBuilder) -> int:
+    """Latent rows (patches) of one image at the builder's VAE size: (size / VAE downsample / patch)^2."""
+    cfg = builder.bundle.config
+    side = builder.vae_size // cfg.vae.downsample // cfg.latent_patch_size
+    return side * side
+
+
+def step_target_counts(builder: SampleBuilder, examples: Iterable[ConceptExample], num_slots: int,
+                       text_cache: dict | None = None) -> TargetCounts:
+    """Per loss term ('ce', and each flow task's name), each slot's number of targets in `examples`
+    (a whole step: every rank computes the same counts from `step_examples`, no communication).
+
+    `text_cache` (optional) keeps answer-token counts between calls: answers repeat across steps.
+    """
+    text_cache = {} if text_cache is None else text_cache
+    rows = latent_rows(builder)
+    counts: dict[str, list[int]] = {"ce": [0] * num_slots}
+    for ex in examples:
+        counter = _TargetCounter(builder.bundle.tokenizer, sks(builder.bank, ex.slot), rows, text_cache)
+        task = task_type(ex.task)
+        task.sample(counter, ex)
+        counts["ce"][ex.slot] += counter.answer_tokens
+        if counter.rows:
+            counts.setdefault(task.name, [0] * num_slots)[ex.slot] += counter.rows
+    return {term: torch.tensor(values, dtype=torch.float32) for term, values in counts.items()}
 
 
 # ----------------------------------------------------------------------------- a pack's start values
@@ -199,13 +263,17 @@ def set_schedule_step(scheduler: LambdaLR, step: int) -> None:
 
 
 class TrainEngine(Protocol):
-    """What `PackTrainer` drives. DeepSpeed's engine has this shape already."""
+    """What `PackTrainer` drives. DeepSpeed's engine has this shape already.
+
+    Over W data-parallel ranks the engine AVERAGES gradients (DeepSpeed does, at every ZeRO stage);
+    `PackTrainer` scales each rank's loss by W to undo that."""
 
     optimizer: torch.optim.Optimizer
     lr_scheduler: LambdaLR
     device: torch.device
 
-    def __call__(self, batch: TrainBatch, weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def __call__(self, batch: TrainBatch, weights: LossWeights,
+                 counts: TargetCounts | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -222,8 +290,8 @@ class PackModule(nn.Module):
         self.bank = bank
         self._bundle = bundle
 
-    def forward(self, batch: TrainBatch, weights: LossWeights):
-        return compute_loss(self._bundle, self.bank, batch, weights)
+    def forward(self, batch: TrainBatch, weights: LossWeights, counts: TargetCounts | None = None):
+        return compute_loss(self._bundle, self.bank, batch, weights, counts)
 
 
 class TorchEngine:
@@ -237,8 +305,8 @@ class TorchEngine:
     def device(self) -> torch.device:
         return next(self.module.bank.parameters()).device
 
-    def __call__(self, batch: TrainBatch, weights: LossWeights):
-        return self.module(batch, weights)
+    def __call__(self, batch: TrainBatch, weights: LossWeights, counts: TargetCounts | None = None):
+        return self.module(batch, weights, counts)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -254,30 +322,54 @@ class TorchEngine:
 
 @dataclass
 class StepRecord:
-    """One optimizer step of a pack, as this rank saw it (what `on_step` receives on either path)."""
+    """One optimizer step of a pack (what `on_step` receives on either path). With a `reduce`, or on
+    one rank, the values are the whole step's, whatever the number of ranks."""
 
     step: int
     loss: float
-    task_losses: dict[str, list[float]]  # task -> per slot of the pack; NaN where a slot had none
-    samples: list[int]  # examples per slot
+    task_losses: dict[str, list[float]]  # term ('ce' or a flow task) -> per slot of the pack; NaN where a slot had none
+    samples: list[int]  # examples per slot in the step (all ranks)
     seconds: float
+
+
+@dataclass
+class StepShare:
+    """A rank's part of one step: its loss and per-concept values (shares that sum over the ranks to
+    the step's loss and per-concept means) and the step's target counts (the same on every rank)."""
+
+    loss: torch.Tensor
+    table: dict[str, torch.Tensor]
+    counts: TargetCounts
 
 
 class PackTrainer:
     """The steps of a pack over any `TrainEngine`: `train_pack` and the Ray workers both run this.
 
     Data parallel over `world` ranks: at each step a rank takes its share of every concept's
-    examples (`example_share`); the engine averages gradients (a single rank: nothing to average).
+    examples (`example_share`) and normalises each concept's terms by the step's counts over all
+    ranks; the engine averages gradients, so the loss is scaled by `world` and the gradient equals
+    the one-rank gradient. `reduce(tensor)` sums a tensor over the ranks in place (a collective; None
+    on one rank): with it, step records and first-batch losses are the whole step's on every rank.
     """
 
-    def __init__(self, engine: TrainEngine, builder: SampleBuilder, recipe: TrainConfig, rank: int = 0, world: int = 1):
+    def __init__(self, engine: TrainEngine, builder: SampleBuilder, recipe: TrainConfig, rank: int = 0, world: int = 1,
+                 reduce: Callable[[torch.Tensor], None] | None = None):
         self.engine, self.builder, self.recipe = engine, builder, recipe
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.reduce = rank, world, reduce
+        self._answer_tokens: dict = {}  # step_target_counts' cache: answers repeat across steps
+
+    def _share(self, pools: list[ConceptPool], step: int) -> tuple[list[ConceptExample], list[ConceptExample], float]:
+        """(the step's examples, what this rank runs, its weight). A rank without an example this step
+        (W > batch size) runs the step's first one with weight 0: sharded engines (ZeRO-3) need every
+        rank to run the model, and a zero-weight loss adds nothing."""
+        r = self.recipe
+        everything = step_examples(pools, step, r.batch_size, r.seed)
+        mine = example_share(everything, self.rank, self.world)
+        return everything, (mine or everything[:1]), (1.0 if mine else 0.0)
 
     def examples(self, pools: list[ConceptPool], step: int) -> list[ConceptExample]:
-        """This rank's examples of `step`."""
-        r = self.recipe
-        return example_share(step_examples(pools, step, r.batch_size, r.seed), self.rank, self.world)
+        """The examples this rank runs at `step`."""
+        return self._share(pools, step)[1]
 
     def batch(self, examples: list[ConceptExample]) -> TrainBatch:
         # Batches are built on the CPU and moved to where the engine runs (a worker's GPU).
@@ -295,25 +387,49 @@ class PackTrainer:
         if start == 0:
             reset_optimizer_state(self.engine.optimizer)
         set_schedule_step(self.engine.lr_scheduler, start)
+        self._answer_tokens.clear()
         steps = ([0] if start > 0 else []) + list(range(start, self.recipe.steps))
         return self.builder.precompute(ex for step in steps for ex in self.examples(pools, step))
+
+    def step_share(self, pools: list[ConceptPool], step: int) -> StepShare:
+        """This rank's forward of `step`: each concept's terms over its examples here, divided by the
+        concept's targets in the whole step. Summed over the ranks: the one-rank loss."""
+        everything, runs, weight = self._share(pools, step)
+        counts = step_target_counts(self.builder, everything, self.builder.bank.num_concepts, self._answer_tokens)
+        device = self.engine.device
+        loss, table = self.engine(self.batch(runs), self.recipe.loss_weights, {k: v.to(device) for k, v in counts.items()})
+        if weight != 1.0:
+            loss, table = loss * weight, {k: v * weight for k, v in table.items()}
+        return StepShare(loss, table, counts)
+
+    def summed(self, share: StepShare, num_concepts: int) -> tuple[float, dict[str, list[float]]]:
+        """The step's loss and per-concept means (NaN: no such targets): `share` summed over the
+        ranks through `reduce` (one small collective), or this rank's share without one."""
+        terms = [t for t, c in share.counts.items() if float(c.sum()) > 0]  # the same keys on every rank
+        zeros = torch.zeros(self.builder.bank.num_concepts)
+        rows = [torch.nan_to_num(share.table[t].detach().float().cpu(), nan=0.0) if t in share.table else zeros for t in terms]
+        flat = torch.cat([share.loss.detach().float().cpu().reshape(1), *rows]).to(self.engine.device)
+        if self.reduce is not None and self.world > 1:
+            self.reduce(flat)
+        flat = flat.cpu()
+        per_term = {}
+        for i, term in enumerate(terms):
+            values = flat[1 + i * len(zeros): 1 + (i + 1) * len(zeros)]
+            per_term[term] = torch.where(share.counts[term] > 0, values, torch.nan)[:num_concepts].tolist()
+        return float(flat[0]), per_term
 
     def train(self, pools: list[ConceptPool], start: int, stop: int,
               on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
         """Steps `start`..`stop`-1 of the pack; each calls `on_step` with its record."""
         records = []
-        n = len(pools)
         for step in range(start, stop):
             t0 = time.perf_counter()
-            examples = self.examples(pools, step)
-            loss, table = self.engine(self.batch(examples), self.recipe.loss_weights)
-            self.engine.backward(loss)
+            share = self.step_share(pools, step)
+            # The engine averages the ranks' gradients; scaled by W they add up to the one-rank gradient.
+            self.engine.backward(share.loss * self.world if self.world > 1 else share.loss)
             self.engine.step()
-            samples = [0] * n
-            for ex in examples:
-                samples[ex.slot] += 1
-            record = StepRecord(step, float(loss.detach()), {task: v[:n].tolist() for task, v in table.items()},
-                                samples, time.perf_counter() - t0)
+            loss, per_term = self.summed(share, len(pools))
+            record = StepRecord(step, loss, per_term, [self.recipe.batch_size] * len(pools), time.perf_counter() - t0)
             records.append(record)
             if on_step is not None:
                 on_step(record)
@@ -321,12 +437,12 @@ class PackTrainer:
 
     @torch.no_grad()
     def first_batch_losses(self, pools: list[ConceptPool]) -> list[float]:
-        """Per-concept loss (sum over its tasks) on step 0's examples with the current tokens: the
+        """Per-concept loss (sum over its terms) on step 0's examples with the current tokens: the
         same data before and after training, a clean "did it learn"."""
-        _, table = self.engine(self.batch(self.examples(pools, 0)), self.recipe.loss_weights)
+        _, per_term = self.summed(self.step_share(pools, 0), len(pools))
         totals = torch.zeros(len(pools))
-        for values in table.values():
-            totals += torch.nan_to_num(values[: len(pools)].cpu(), nan=0.0)
+        for values in per_term.values():
+            totals += torch.nan_to_num(torch.tensor(values), nan=0.0)
         return totals.tolist()
 
 

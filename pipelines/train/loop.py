@@ -1,10 +1,11 @@
 """`train_loop_per_worker`: what each Ray Train worker runs — the library's pack trainer over one
 DeepSpeed engine.
 
-Reads top to bottom: load the frozen base once, build the engine (with the recipe's optimizer and
-LR schedule), resume from the last Ray checkpoint, then for every pack: skip concepts already
-exported, reset the bank, optimizer state and schedule, train, checkpoint, export artifacts (rank 0),
-report.
+Reads top to bottom: start the worker (the frozen base loaded once, the engine with the recipe's
+optimizer and LR schedule), read where the last Ray checkpoint stopped, then for every pack of the
+run: plan it (skip concepts already exported; a resumed pack keeps its checkpointed concepts and
+telemetry), train its steps with checkpoints, export its artifacts (rank 0, each logged once in the
+run log), and checkpoint its end.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -25,14 +28,17 @@ from omnipersona.training import PackModule, TrainConfig, make_optimizer
 from pipelines.storage import StorageConfig, filesystem_for
 from pipelines.train.config import DeepSpeedConfig
 from pipelines.train.example_store import read_pools
+from pipelines.train.faults import FaultSpec, maybe_fail
+from pipelines.train.run_log import RunLog
 from pipelines.train.runner import (
     PackRunner,
-    Progress,
     Telemetry,
     TrainConcept,
     artifact_exists,
     export_artifact,
     fill_partitioned_param,
+    tensors_checksum,
+    zero3_partitioning,
 )
 
 log = logging.getLogger("omnipersona.train")
@@ -43,17 +49,77 @@ class WorkerSpec(BaseModel):
     """Everything a worker needs; Ray pickles it to the workers (not JSON: credentials are SecretStr)."""
 
     job_id: str
+    run_uri: str  # the Ray run's folder; the run log (`pipelines.train.run_log`) is written in it
     model_uri: str
     examples_uri: str
     artifact_root: str
     storage: StorageConfig = StorageConfig()
-    packs: list[list[TrainConcept]]
+    packs: list[list[TrainConcept]]  # the run's planned packs (the run's identity is made from them)
+    train_keys: list[str] | None = None  # concepts to train; the packs' other concepts are skipped (None: all)
     pack_size: int
     recipe: TrainConfig
     deepspeed: DeepSpeedConfig
     checkpoint_every: int = 50
     exclude_epochs: list[int] = []  # ingest epochs held out for evaluation
-    fail_after_steps: int | None = None  # fault injection for tests: os._exit on rank 1 after N steps
+    faults: list[FaultSpec] = []  # fault injection for tests
+
+
+@dataclass
+class Resume:
+    """Where the last checkpoint stopped: packs before `pack_index` are done, `step` steps of it are
+    done by the concepts `active` (slot = position) with their telemetry so far."""
+
+    pack_index: int = 0
+    step: int = 0
+    active: list[str] = field(default_factory=list)
+    telemetry: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class PackPlan:
+    """One pack as this run trains it: concepts by slot, the first step to run, their telemetry, and
+    which of them to export at the end (False: already exported before a restart)."""
+
+    index: int
+    concepts: list[TrainConcept]
+    start: int
+    telemetry: list[Telemetry]
+    export: list[bool]
+
+
+@dataclass
+class Worker:
+    """One Ray Train worker for the whole run: the engine, the trainer and where things are stored."""
+
+    spec: WorkerSpec
+    rank: int
+    world: int
+    bundle: Any
+    engine: Any
+    runner: PackRunner
+    run_log: RunLog
+    artifact_fs: Any
+    artifact_root: str
+    t_start: float = field(default_factory=time.perf_counter)
+    packs_run: int = 0
+    concepts_exported: int = 0
+    zero_reported: bool = False
+
+
+def train_loop_per_worker(config: dict) -> None:
+    spec: WorkerSpec = config["spec"]
+    worker = start_worker(spec)
+    resume = load_resume(worker)
+    announce_start(worker, resume)
+    for index, pack in enumerate(spec.packs):
+        if index < resume.pack_index:
+            continue
+        plan = plan_pack(worker, index, pack, resume if index == resume.pack_index else Resume())
+        if plan is not None:
+            run_pack(worker, plan)
+
+
+# ----------------------------------------------------------------------------- the worker
 
 
 def _load_backbone(spec: WorkerSpec, device, dtype, ds_cfg: dict):
@@ -72,7 +138,9 @@ def _load_backbone(spec: WorkerSpec, device, dtype, ds_cfg: dict):
     return bundle
 
 
-def train_loop_per_worker(config: dict) -> None:
+def start_worker(spec: WorkerSpec) -> Worker:
+    """Distributed init, the frozen base (once per worker), the bank, the DeepSpeed engine with the
+    recipe's optimizer and LR schedule, and this rank's run log."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
@@ -80,7 +148,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    spec: WorkerSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # The GPU Ray assigned to this worker (the CPU when it has none); everything goes there.
@@ -96,94 +163,161 @@ def train_loop_per_worker(config: dict) -> None:
     bundle = _load_backbone(spec, device, dtype, ds_cfg)
     bundle.vae = bundle.vae.to(device=device, dtype=dtype)
     bundle.model.uniform_calls = spec.deepspeed.zero_stage == 3
-    cfg = bundle.config.llm
-    bank = ConceptBank(spec.pack_size, cfg.hidden_size, cfg.vocab_size, spec.recipe.num_und_tokens, spec.recipe.num_gen_tokens, spec.recipe.mode).to(device)
-    optimizer, schedule = make_optimizer(bank, spec.recipe)
+    llm, r = bundle.config.llm, spec.recipe
+    bank = ConceptBank(spec.pack_size, llm.hidden_size, llm.vocab_size, r.num_und_tokens, r.num_gen_tokens, r.mode).to(device)
+    optimizer, schedule = make_optimizer(bank, r)
     # DeepSpeed steps the schedule after every optimizer step, like the plain-PyTorch engine.
     engine, *_ = deepspeed.initialize(model=PackModule(bundle, bank), optimizer=optimizer, lr_scheduler=schedule,
                                       model_parameters=list(bank.parameters()), config=ds_cfg)
-    runner = PackRunner(bundle, engine, bank, spec.recipe, rank, world, spec.deepspeed.zero_stage)
-    trainer = runner.trainer
+    runner = PackRunner(bundle, engine, bank, r, rank, world, spec.deepspeed.zero_stage)
     bundle.vae = bundle.vae.to(engine.device)  # a no-op unless DeepSpeed put the module elsewhere
+    artifact_fs, artifact_root = filesystem_for(spec.artifact_root, spec.storage)
+    return Worker(spec, rank, world, bundle, engine, runner, RunLog.open(spec.run_uri, spec.storage, rank),
+                  artifact_fs, artifact_root)
 
-    progress, active = Progress(), None
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as d:
-            # The schedule's position is the pack's step from progress.json (`start_pack` puts it
-            # there): DeepSpeed's saved scheduler state knows nothing of the per-pack restarts.
-            engine.load_checkpoint(d, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=False)
-            saved = json.loads((Path(d) / PROGRESS_FILE).read_text())
-            progress, active = Progress(saved["pack_index"], saved["step"]), saved.get("active")
-        log.info("rank %d resumed at pack %d step %d", rank, progress.pack_index, progress.step)
 
-    fs, root = filesystem_for(spec.artifact_root, spec.storage)
+def load_resume(worker: Worker) -> Resume:
+    """The last Ray checkpoint (after a restart, or a resubmission of the same run): the engine's
+    state (AdamW moments; frozen weights are not in it) and where it stopped; a fresh `Resume` if none."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return Resume()
+    with checkpoint.as_directory() as d:
+        # The schedule's position is the pack's step from progress.json (`start_pack` puts it
+        # there): DeepSpeed's saved scheduler state knows nothing of the per-pack restarts.
+        worker.engine.load_checkpoint(d, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=False)
+        saved = json.loads((Path(d) / PROGRESS_FILE).read_text())
+    return Resume(saved["pack_index"], saved["step"], saved.get("active", []), saved.get("telemetry", []))
+
+
+def announce_start(worker: Worker, resume: Resume) -> None:
+    """A `start` record per rank; rank 0 says where a restarted run resumed (job log and run log)."""
+    resumed = resume.pack_index > 0 or resume.step > 0
+    worker.run_log.add("start", world=worker.world, resumed_pack_index=resume.pack_index if resumed else None,
+                       resumed_step=resume.step if resumed else None)
+    if resumed and worker.rank == 0:
+        worker.run_log.add("resume", pack=resume.pack_index + 1, pack_index=resume.pack_index, step=resume.step)
+        print(f"[train] resumed at pack {resume.pack_index + 1} step {resume.step} "
+              f"(attempt {worker.run_log.attempt})", flush=True)
+
+
+# ----------------------------------------------------------------------------- one pack
+
+
+def plan_pack(worker: Worker, index: int, pack: list[TrainConcept], resume: Resume) -> PackPlan | None:
+    """What this run does with pack `index` (None: nothing). Every rank decides the same: the
+    decision reads only the spec, the checkpoint and the artifact store (no rank exports meanwhile).
+
+    A pack resumed mid-way keeps its checkpointed concepts in their slots (the bank and AdamW state
+    are laid out by them), but exports only those without an artifact yet: a restart after the
+    pack's exports and before its pack-end checkpoint trains nothing and exports nothing twice.
+    """
+    fs, root = worker.artifact_fs, worker.artifact_root
+    if resume.step > 0 and resume.active:
+        by_key = {c.id.key: c for c in pack}
+        concepts = [by_key[k] for k in resume.active]
+        export = [not artifact_exists(fs, root, c) for c in concepts]
+        if not any(export):
+            return None
+        telemetry = [Telemetry.from_dict(t) for t in resume.telemetry] or [Telemetry() for _ in concepts]
+        return PackPlan(index, concepts, resume.step, telemetry, export)
+    wanted = worker.spec.train_keys
+    # Concepts whose artifact exists were trained by an earlier (interrupted) run or another job.
+    concepts = [c for c in pack if (wanted is None or c.id.key in wanted) and not artifact_exists(fs, root, c)]
+    if not concepts:
+        return None
+    return PackPlan(index, concepts, 0, [Telemetry() for _ in concepts], [True] * len(concepts))
+
+
+def run_pack(worker: Worker, plan: PackPlan) -> None:
+    """Train the pack from `plan.start`, export its concepts, checkpoint its end."""
+    spec, trainer = worker.spec, worker.runner.trainer
     ex_fs, ex_path = filesystem_for(spec.examples_uri, spec.storage)
-    recipe_hash = config_hash(spec.recipe)
-    steps_done = 0
-    total_concepts = sum(len(p) for p in spec.packs)
-    concepts_done = sum(len(p) for p in spec.packs[: progress.pack_index])
-    first_pack, t_job = progress.pack_index, time.perf_counter()
+    pools = read_pools(ex_fs, ex_path, [c.id.key for c in plan.concepts], exclude_epochs=spec.exclude_epochs)
+    # Optimizer state and schedule for step `start`; the frozen VAE runs here, once per image.
+    trainer.start_pack(pools, plan.start)
+    if plan.start == 0:
+        worker.runner.reset_concepts(plan.concepts, pools)
+        for tel, value in zip(plan.telemetry, trainer.first_batch_losses(pools)):
+            tel.first_batch_before = value
+    t_pack = time.perf_counter()
+    if worker.rank == 0:
+        print(f"[train] pack {plan.index + 1}/{len(spec.packs)}: {len(plan.concepts)} concepts, "
+              f"steps {plan.start}..{spec.recipe.steps}", flush=True)
+    train_steps(worker, plan, pools)
+    for tel, value in zip(plan.telemetry, trainer.first_batch_losses(pools)):
+        tel.first_batch_after = value
+    export_pack(worker, plan)
+    maybe_fail(spec.faults, worker.run_log, "after_export", plan.index)
+    checkpoint(worker, plan.index + 1, 0, [], [], {"pack": plan.index, "packs_done": plan.index + 1,
+                                                   "exported": sum(plan.export)})
+    report_progress(worker, plan, time.perf_counter() - t_pack)
 
-    def checkpoint(pack_index: int, step: int, active_keys: list[str], metrics: dict) -> None:
-        with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
-            engine.save_checkpoint(d, exclude_frozen_parameters=True)
-            (Path(d) / PROGRESS_FILE).write_text(json.dumps({"pack_index": pack_index, "step": step, "active": active_keys}))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    for pack_index, pack in enumerate(spec.packs):
-        if pack_index < progress.pack_index:
-            continue
-        concepts = list(pack)
-        resuming = pack_index == progress.pack_index and progress.step > 0 and active is not None
-        if resuming:
-            concepts = [c for c in concepts if c.id.key in set(active)]
-        else:
-            # Concepts whose artifact already exists were trained by an earlier (interrupted) run.
-            concepts = [c for c in concepts if not artifact_exists(fs, root, c)]
-        if not concepts:
-            continue
-        active_keys = [c.id.key for c in concepts]
-        pools = read_pools(ex_fs, ex_path, active_keys, exclude_epochs=spec.exclude_epochs)
-        start = progress.step if resuming else 0
-        # Optimizer state and schedule for step `start`; the frozen VAE runs here, once per image.
-        trainer.start_pack(pools, start)
-        if not resuming:
-            runner.reset_concepts(concepts, pools)
-        telemetry = [Telemetry() for _ in concepts]
+def train_steps(worker: Worker, plan: PackPlan, pools) -> None:
+    """Steps `plan.start`.. of the pack, one at a time, with a checkpoint every `checkpoint_every`."""
+    spec = worker.spec
+    keys = [c.id.key for c in plan.concepts]
 
-        def on_step(record, telemetry=telemetry):
-            for slot, tel in enumerate(telemetry):
-                tel.add(record, slot)
+    def on_step(record):
+        for slot, tel in enumerate(plan.telemetry):
+            tel.add(record, slot)
 
-        if start == 0:
-            for tel, value in zip(telemetry, trainer.first_batch_losses(pools)):
-                tel.first_batch_before = value
-        t_pack = time.perf_counter()
-        if rank == 0:
-            print(f"[train] pack {pack_index + 1}/{len(spec.packs)}: {len(concepts)} concepts, steps {start}..{spec.recipe.steps}", flush=True)
-        step = start
-        while step < spec.recipe.steps:
-            stop = min(spec.recipe.steps, (step // spec.checkpoint_every + 1) * spec.checkpoint_every)
-            trainer.train(pools, step, stop, on_step)
-            steps_done += stop - step
-            step = stop
-            if spec.fail_after_steps is not None and rank == 1 and steps_done >= spec.fail_after_steps and resumed is None:
-                os._exit(1)  # simulate a worker process dying mid-job
-            if step < spec.recipe.steps:
-                checkpoint(pack_index, step, active_keys, {"pack": pack_index, "step": step})
-        for tel, value in zip(telemetry, trainer.first_batch_losses(pools)):
-            tel.first_batch_after = value
-        tensors = runner.concept_tensors(list(range(len(concepts))))  # collective: all ranks
-        if rank == 0:
-            for slot, c in enumerate(concepts):
-                export_artifact(fs, root, c, tensors[slot], recipe_hash, bundle.config.model_id, bundle.fingerprint, telemetry[slot], spec.recipe.mode)
-        if rank == 0:
-            concepts_done += len(concepts)
-            elapsed = time.perf_counter() - t_job
-            packs_left = len(spec.packs) - pack_index - 1
-            eta = elapsed / max(1, pack_index + 1 - first_pack) * packs_left
-            print(f"[train] pack {pack_index + 1}/{len(spec.packs)} done in {time.perf_counter() - t_pack:.1f}s | "
-                  f"concepts {concepts_done}/{total_concepts} | ETA {eta:.0f}s", flush=True)
-        checkpoint(pack_index + 1, 0, [], {"pack": pack_index, "packs_done": pack_index + 1, "exported": len(concepts)})
-        progress = Progress(pack_index + 1, 0)
+    for step in range(plan.start, spec.recipe.steps):
+        worker.runner.trainer.train(pools, step, step + 1, on_step)
+        done = step + 1
+        if done < spec.recipe.steps and done % spec.checkpoint_every == 0:
+            checkpoint(worker, plan.index, done, keys, plan.telemetry, {"pack": plan.index, "step": done})
+        maybe_fail(spec.faults, worker.run_log, "after_step", plan.index, done)
+    if spec.deepspeed.zero_stage == 3 and not worker.zero_reported:
+        worker.run_log.add("zero", pack_index=plan.index, **zero3_partitioning(worker.bundle.model))
+        worker.zero_reported = True
+
+
+def export_pack(worker: Worker, plan: PackPlan) -> None:
+    """Rank 0 writes the artifacts of the concepts to export, each followed by its `export` record;
+    every rank waits until it is done (so "after the export" means the same on every rank)."""
+    tensors = worker.runner.concept_tensors(list(range(len(plan.concepts))))  # collective: all ranks
+    if worker.rank == 0:
+        spec, bundle = worker.spec, worker.bundle
+        recipe_hash = config_hash(spec.recipe)
+        for slot, c in enumerate(plan.concepts):
+            if not plan.export[slot]:
+                continue
+            path = export_artifact(worker.artifact_fs, worker.artifact_root, c, tensors[slot], recipe_hash,
+                                   bundle.config.model_id, bundle.fingerprint, plan.telemetry[slot], spec.recipe.mode)
+            worker.run_log.add("export", concept=c.id.key, subpath=c.subpath, pack_index=plan.index,
+                               checksum=tensors_checksum(tensors[slot]), path=path)
+            worker.concepts_exported += 1
+    torch.distributed.barrier()
+
+
+def checkpoint(worker: Worker, pack_index: int, step: int, active: list[str], telemetry: list[Telemetry],
+               metrics: dict) -> None:
+    """Every rank saves its DeepSpeed state (frozen weights excluded); rank 0 adds where the run is
+    (`progress.json`: pack, step, the pack's concepts and their telemetry). Ray merges the ranks' folders."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
+        worker.engine.save_checkpoint(d, exclude_frozen_parameters=True)
+        if worker.rank == 0:
+            progress = {"pack_index": pack_index, "step": step, "active": active,
+                        "telemetry": [t.to_dict() for t in telemetry]}
+            (Path(d) / PROGRESS_FILE).write_text(json.dumps(progress))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    if worker.rank == 0:
+        worker.run_log.add("checkpoint", pack_index=pack_index, step=step)
+
+
+def report_progress(worker: Worker, plan: PackPlan, seconds: float) -> None:
+    """Rank 0's `[train] pack k/N done` line with an ETA from this attempt's packs."""
+    if worker.rank != 0:
+        return
+    worker.packs_run += 1
+    packs = len(worker.spec.packs)
+    eta = (time.perf_counter() - worker.t_start) / worker.packs_run * (packs - plan.index - 1)
+    total = sum(len(p) for p in worker.spec.packs)
+    print(f"[train] pack {plan.index + 1}/{packs} done in {seconds:.1f}s | exported {sum(plan.export)} | "
+          f"concepts {sum(len(p) for p in worker.spec.packs[: plan.index + 1])}/{total} | ETA {eta:.0f}s", flush=True)

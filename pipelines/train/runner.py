@@ -4,20 +4,24 @@ The step loop itself is the library's `omnipersona.training.PackTrainer`, here o
 engine. One engine lives for the whole job: the frozen backbone is loaded once per worker, and
 between packs only the bank's values, the AdamW state and the LR schedule are reset. Work is spread
 data-parallel *inside* a pack: at each step every worker takes its share of every concept's examples
-(example i of a concept goes to rank i mod W), DeepSpeed averages the gradients, and ZeRO partitions
-the bank's optimizer state (ZeRO-3 also the frozen backbone) across workers. So a step's compute
-splits W ways while every optimizer step still touches every concept of the pack, and a concept's
-data and randomness depend only on (concept, step, index): the same in any pack.
+(example i of a concept goes to rank i mod W), normalises each concept's loss by the concept's
+target counts over the whole step, DeepSpeed averages the gradients (the trainer scales the loss by
+W to undo the average), and ZeRO partitions the bank's optimizer state (ZeRO-3 also the frozen
+backbone) across workers. So a step's compute splits W ways while every optimizer step still
+touches every concept of the pack, and the tokens do not depend on W: a concept's data and
+randomness depend only on (concept, step, index), its gradient only on its own examples.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
 import torch
 
-from omnipersona.concepts.artifact import ConceptArtifact, ConceptManifest, artifact_subpath
+from omnipersona.concepts.artifact import TENSOR_NAMES, ConceptArtifact, ConceptManifest, artifact_subpath
 from omnipersona.concepts.bank import ConceptBank
 from omnipersona.concepts.samples import SampleBuilder
 from omnipersona.identity import ConceptId
@@ -45,15 +49,10 @@ class TrainConcept:
 
 
 @dataclass
-class Progress:
-    """Where the job is: packs before `pack_index` are done; `step` steps of that pack are done."""
-
-    pack_index: int = 0
-    step: int = 0
-
-
-@dataclass
 class Telemetry:
+    """A concept's training record for its manifest; carried in checkpoints (`to_dict`/`from_dict`), so
+    a concept resumed mid-pack reports the whole recipe's steps and its first-batch loss before."""
+
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0
@@ -69,8 +68,15 @@ class Telemetry:
         self.seconds += record.seconds  # the pack's concepts train concurrently: each takes the whole step
         for task, values in record.task_losses.items():
             value = values[slot]
-            if value == value:  # not NaN: this rank saw that task for the concept
+            if value == value:  # not NaN: the step had that task for the concept
                 self.curve.setdefault(task, []).append(value)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Telemetry":
+        return cls(**data)
 
 
 class PackRunner:
@@ -80,14 +86,13 @@ class PackRunner:
     def __init__(self, bundle, engine, bank: ConceptBank, recipe: TrainConfig, rank: int, world: int, zero_stage: int):
         self.bundle, self.bank, self.recipe, self.zero_stage = bundle, bank, recipe, zero_stage
         self.builder = SampleBuilder(bundle, bank, recipe.vit_size, recipe.vae_size)
-        self.trainer = PackTrainer(engine, self.builder, recipe, rank, world)
+        # Step records and first-batch losses summed over the ranks: the manifests do not depend on W.
+        self.trainer = PackTrainer(engine, self.builder, recipe, rank, world, reduce=_all_reduce_sum)
 
     @torch.no_grad()
     def reset_concepts(self, concepts: list[TrainConcept], pools: list[ConceptPool]) -> None:
         """Fresh concept values (seeded per concept) for a new pack; `trainer.start_pack` resets the
         optimizer state and the schedule."""
-        from deepspeed.utils import safe_set_full_fp32_param
-
         fresh = ConceptBank(self.bank.num_concepts, self.bank.hidden_size, self.bank.vocab_size,
                             self.recipe.num_und_tokens, self.recipe.num_gen_tokens, mode=self.recipe.mode)
         lm = self.bundle.model.language_model
@@ -104,7 +109,7 @@ class PackRunner:
             with self._whole(param, modify=True):
                 param.data.copy_(value)
             if self.zero_stage > 0:
-                safe_set_full_fp32_param(param, value.float())  # ZeRO's fp32 master partition
+                _set_fp32_master(param, value.float(), self.zero_stage)
 
     def _whole(self, param, modify: bool = False):
         """Under ZeRO-3 a parameter is a shard outside forward: gather it (a collective)."""
@@ -120,6 +125,46 @@ class PackRunner:
             for p in self.bank.parameters():
                 stack.enter_context(self._whole(p))
             return [self.bank.concept_tensors(s) for s in slots]
+
+
+def _set_fp32_master(param: torch.nn.Parameter, value: torch.Tensor, zero_stage: int) -> None:
+    """Write `value` (the whole parameter) into ZeRO's fp32 master copy of it on this rank.
+
+    Under ZeRO-3 this rank's slice is cut here, as ZeRO-3 partitions: the flat value zero-padded to
+    W equal parts. DeepSpeed's `safe_set_full_fp32_param` cuts without the padding and fails on the
+    last rank when W does not divide the size (e.g. 128 elements over 3 workers)."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_local_fp32_param
+
+    if zero_stage < 3:
+        safe_set_full_fp32_param(param, value)
+        return
+    part, group = param.ds_tensor.numel(), param.ds_process_group
+    rank, world = torch.distributed.get_rank(group=group), torch.distributed.get_world_size(group=group)
+    flat = value.flatten()
+    padded = torch.nn.functional.pad(flat, (0, part * world - flat.numel()))
+    safe_set_local_fp32_param(param, padded.narrow(0, part * rank, part).to(param.ds_tensor.device))
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> None:
+    torch.distributed.all_reduce(tensor)
+
+
+def zero3_partitioning(module: torch.nn.Module) -> dict:
+    """How ZeRO-3 holds `module`'s parameters on this rank now (outside forward): how many are
+    released to this rank's partition (`ds_status` NOT_AVAILABLE, data of shape (0,)), how many stay
+    whole (persistent: below `stage3_param_persistence_threshold`), and the largest parameter's full
+    size next to the size of this rank's partition of it."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    params = [(name, p) for name, p in module.named_parameters() if hasattr(p, "ds_numel")]
+    name, largest = max(params, key=lambda item: item[1].ds_numel)
+    return {
+        "params": len(params),
+        "released": sum(p.ds_status == ZeroParamStatus.NOT_AVAILABLE for _, p in params),
+        "persistent": sum(bool(getattr(p, "ds_persist", False)) for _, p in params),
+        "largest": {"name": name, "numel": int(largest.ds_numel), "partition_numel": int(largest.ds_tensor.numel()),
+                    "data_numel": int(largest.data.numel())},
+    }
 
 
 def fill_partitioned_param(param: torch.nn.Parameter, value: torch.Tensor) -> None:
@@ -164,6 +209,15 @@ def export_artifact(fs, artifact_root: str, concept: TrainConcept, tensors: dict
     )
     art = ConceptArtifact(**tensors, manifest=manifest, mode=mode)
     return art.save(_artifact_path(artifact_root, concept), filesystem=fs)
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a concept's tensors (fp32 bytes, in artifact order): what an export log entry names."""
+    digest = hashlib.sha256()
+    for name in TENSOR_NAMES:
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def artifact_exists(fs, artifact_root: str, concept: TrainConcept) -> bool:

@@ -1,13 +1,22 @@
-"""The train stage on Ray: one TorchTrainer for the whole job, resumable by job id."""
+"""The train stage on Ray: one TorchTrainer for the whole job, resumable by its run identity.
+
+The Ray run is named `<job id>-<run digest>`; the digest covers what a checkpoint can only be
+resumed by: the planned packs (every planned concept's key, data digest, recipe hash and base
+fingerprint, cut into packs), the recipe, the DeepSpeed settings and the number of workers. The
+plan is made from every concept the job plans (`planned`), BEFORE dropping the ones already
+exported, so a resubmitted job gets the same run and Ray hands its workers the last checkpoint;
+concepts with an artifact are skipped inside the run. The run folder `<runs>/<run name>/` holds
+Ray's checkpoints and the run log (`pipelines.train.run_log`: starts, resumes, checkpoints, exports).
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 
-from pipelines.storage import StorageConfig, filesystem_for
+from omnipersona.concepts.artifact import config_hash
+from pipelines.storage import StorageConfig, filesystem_for, join
 from pipelines.train.config import TrainStageConfig
+from pipelines.train.faults import FaultSpec
 from pipelines.train.loop import WorkerSpec, train_loop_per_worker
 from pipelines.train.packs import bytes_per_concept, make_packs, pack_size_for
 from pipelines.train.runner import TrainConcept, artifact_exists
@@ -17,13 +26,23 @@ log = logging.getLogger("omnipersona.train")
 
 @dataclass
 class TrainResult:
-    packs: list[list[str]]
+    packs: list[list[str]]  # the run's planned packs (concept keys); empty when nothing was left to train
     pack_size: int
     error: str | None
+    run_name: str | None = None  # None: no run was needed
+    run_uri: str | None = None  # the run folder: Ray's checkpoints and the run log
 
 
-def plan_digest(packs: list[list[str]], pack_size: int) -> str:
-    return hashlib.sha256(json.dumps([pack_size, packs]).encode()).hexdigest()[:10]
+def run_name(job_id: str, packs: list[list[TrainConcept]], pack_size: int, cfg: TrainStageConfig) -> str:
+    """The Ray run's name: the job id and a digest of everything a checkpoint is only valid for."""
+    identity = {
+        "packs": [[c.subpath for c in pack] for pack in packs],  # key, data digest, recipe hash, base fingerprint
+        "pack_size": pack_size,
+        "recipe": config_hash(cfg.recipe),
+        "deepspeed": cfg.deepspeed.model_dump(mode="json"),
+        "workers": cfg.scaling.num_workers,  # ZeRO partitions its checkpoints per rank
+    }
+    return f"{job_id}-{config_hash(identity)[:10]}"
 
 
 def choose_pack_size(cfg: TrainStageConfig, hidden: int, layers: int, tokens_per_example: int = 160) -> int:
@@ -31,6 +50,14 @@ def choose_pack_size(cfg: TrainStageConfig, hidden: int, layers: int, tokens_per
         return min(cfg.pack_size, cfg.max_pack_size)
     per = bytes_per_concept(hidden, layers, cfg.recipe, tokens_per_example, cfg.scaling.num_workers)
     return pack_size_for(cfg.pack_memory_budget_mb, per, cfg.max_pack_size)
+
+
+def plan_packs(planned: list[TrainConcept], pack_size: int) -> list[list[TrainConcept]]:
+    """Every planned concept, by sorted key, cut into packs of `pack_size` (a key twice is refused)."""
+    by_key = {c.id.key: c for c in planned}
+    if len(by_key) != len(planned):
+        raise ValueError("a concept is planned twice")
+    return [[by_key[k] for k in pack] for pack in make_packs(list(by_key), pack_size)]
 
 
 def run_training(
@@ -45,56 +72,67 @@ def run_training(
     cfg: TrainStageConfig,
     hidden_size: int,
     num_layers: int,
-    fail_after_steps: int | None = None,
+    planned: list[TrainConcept] | None = None,
+    faults: list[FaultSpec] | None = None,
     exclude_epochs: list[int] | None = None,
 ) -> TrainResult:
-    """Train every concept; artifacts land under `artifact_root`. Rerunning the same job id resumes."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    """Train `concepts`; artifacts land under `artifact_root`. Submitting the same job again resumes.
+    A run that fails for good (its `max_failures` restarts spent) returns its error in `error`:
+    the concepts exported before it keep their artifacts.
 
+    `planned`: every concept the job plans, including those already exported by an earlier
+    submission (default: `concepts`). The run's packs and name come from it, so pass the list from
+    before any filtering by existing artifacts: a resubmission then resumes the same run.
+    """
+    planned = list(concepts) if planned is None else list(planned)
+    missing = {c.id.key for c in concepts} - {c.id.key for c in planned}
+    if missing:
+        raise ValueError(f"concepts to train that are not planned: {sorted(missing)}")
     pack_size = choose_pack_size(cfg, hidden_size, num_layers)
     fs, root = filesystem_for(artifact_root, storage)
     # Concepts exported by an earlier run of this job (or any job on the same data) are done.
     todo = [c for c in concepts if not artifact_exists(fs, root, c)]
-    by_key = {c.id.key: c for c in todo}
-    packs = make_packs(list(by_key), pack_size)
-    if not packs:
+    if not todo:
         log.info("nothing to train: all %d concepts already have artifacts", len(concepts))
         return TrainResult(packs=[], pack_size=pack_size, error=None)
+    packs = plan_packs(planned, pack_size)
+    name = run_name(job_id, packs, pack_size, cfg)
     spec = WorkerSpec(
-        job_id=job_id,
-        model_uri=model_uri,
-        examples_uri=examples_uri,
-        artifact_root=artifact_root,
-        storage=storage,
-        packs=[[by_key[k] for k in pack] for pack in packs],
-        pack_size=pack_size,
-        recipe=cfg.recipe,
-        deepspeed=cfg.deepspeed,
-        checkpoint_every=cfg.checkpoint_every,
-        fail_after_steps=fail_after_steps,
-        exclude_epochs=exclude_epochs or [],
+        job_id=job_id, run_uri=join(run_storage_uri, name), model_uri=model_uri, examples_uri=examples_uri,
+        artifact_root=artifact_root, storage=storage, packs=packs, train_keys=[c.id.key for c in todo],
+        pack_size=pack_size, recipe=cfg.recipe, deepspeed=cfg.deepspeed, checkpoint_every=cfg.checkpoint_every,
+        faults=faults or [], exclude_epochs=exclude_epochs or [],
     )
+    log.info("run %s: %d of %d planned concepts to train, packs of <= %d, %d workers (ZeRO-%d)", name, len(todo),
+             len(planned), pack_size, cfg.scaling.num_workers, cfg.deepspeed.zero_stage)
+    error = fit(spec, cfg, name, run_storage_uri, storage)
+    return TrainResult(packs=[[c.id.key for c in pack] for pack in packs], pack_size=pack_size, error=error,
+                       run_name=name, run_uri=spec.run_uri)
+
+
+def fit(spec: WorkerSpec, cfg: TrainStageConfig, name: str, run_storage_uri: str, storage: StorageConfig) -> str | None:
+    """Run (or resume: Ray resumes a run by name) the TorchTrainer; returns its error, if it failed for good."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
     run_fs, run_path = filesystem_for(run_storage_uri, storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
         # The spec object itself (pickled), not a JSON dump: credentials are SecretStr fields.
         train_loop_config={"spec": spec},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-        ),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=RunConfig(
-            # Ray resumes a run by name: the name pins the pack plan so that a checkpoint is only
-            # ever resumed by the same packs (a rerun with fewer concepts left starts a new run).
-            name=f"{job_id}-{plan_digest(packs, pack_size)}",
+            # The same job inputs give the same name (see `run_name`): a resubmission resumes.
+            name=name,
             storage_path=run_path,
             storage_filesystem=run_fs,
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    log.info("training %d concepts in %d packs of <= %d on %d workers (ZeRO-%d)", len(concepts), len(packs), pack_size, cfg.scaling.num_workers, cfg.deepspeed.zero_stage)
-    result = trainer.fit()
-    return TrainResult(packs=packs, pack_size=pack_size, error=str(result.error) if result.error else None)
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:  # Ray Train V2 raises once its restarts (max_failures) are spent
+        return f"{type(exc).__name__}: {exc}"
+    return str(result.error) if result.error else None
