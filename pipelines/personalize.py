@@ -73,7 +73,7 @@ def run_job(cfg: JobConfig) -> JobSummary:
         write_training_examples(ctx, ingest, selection)
         if selection.to_train:
             log.info("[3/5] train %d concepts", len(selection.to_train))
-            selection.to_register += train(ctx, selection.to_train)
+            selection.to_register += train(ctx, selection.to_train, planned=selection.to_train + selection.to_register)
         log.info("[4/5] evaluate and [5/5] register %d concepts", len(selection.to_register))
         evaluate_and_register(ctx, selection)
     except BaseException as exc:
@@ -219,14 +219,18 @@ def write_training_examples(ctx: JobContext, ingest: IngestResult, selection: Se
 # ---------------------------------------------------------------- 3. train
 
 
-def train(ctx: JobContext, concepts: list[TrainConcept]) -> list[TrainConcept]:
-    """Train on Ray; returns the concepts whose artifact exists afterwards (the others fail)."""
+def train(ctx: JobContext, concepts: list[TrainConcept], planned: list[TrainConcept]) -> list[TrainConcept]:
+    """Train on Ray; returns the concepts whose artifact exists afterwards (the others fail).
+
+    `planned` is every concept this job brings to a registered version, including those an earlier
+    submission already exported: the Ray run's packs and name come from it, so a resubmitted job
+    resumes the same run where it stopped."""
     llm = ctx.bundle.config.llm
     result = run_training(
         job_id=ctx.paths.job_id, concepts=concepts, model_uri=ctx.model_uri, examples_uri=ctx.paths.examples,
         artifact_root=ctx.paths.artifact_root, run_storage_uri=ctx.paths.runs_root, storage=ctx.cfg.storage,
         cfg=ctx.cfg.train, hidden_size=llm.hidden_size, num_layers=llm.num_hidden_layers,
-        exclude_epochs=ctx.held_out_epochs,
+        exclude_epochs=ctx.held_out_epochs, planned=planned,
     )
     if result.error:
         log.error("training ended with an error: %s", result.error)

@@ -170,3 +170,49 @@ def test_a_failed_concept_fails_the_job_with_its_exit_code_and_the_summary_says_
     assert again.returncode != 0, again.stdout[-3000:]
     assert "failed" in (again.stdout + again.stderr).lower()
     assert "0 done, 1 skipped, 0 quarantined, 1 failed" in again.stdout, again.stdout[-3000:]
+
+
+def test_a_killed_job_resubmitted_resumes_at_its_checkpoint(world, ray_head, mlflow_server_s3, tiny_bagel_dir, tmp_path):
+    """The job process itself dies mid-training (SIGKILL, as when a head pod is evicted); the same
+    config submitted again resumes the same Ray run at the checkpointed pack and step and exports
+    every concept once."""
+    import signal
+    import time
+
+    from pipelines.train.run_log import read_run_log
+
+    s3 = world["server"]
+    config = job_config(world, mlflow_server_s3, str(tiny_bagel_dir), "promises-resume", steps=6)
+    config["train"].update(pack_size=1, checkpoint_every=1)  # two packs, a checkpoint after every step
+    job_yaml = tmp_path / "job.yaml"
+    job_yaml.write_text(yaml.safe_dump(config))
+    env = {**os.environ, **storage_env(s3), "RAY_ADDRESS": ray_head.gcs_address}
+    runs_root = Path(config["artifacts"]["runs"])
+    command = [sys.executable, "-m", "jobs.personalize", "--config", str(job_yaml)]
+
+    def checkpoints() -> list[dict]:
+        return [r for d in runs_root.glob("*") if d.is_dir() for r in read_run_log(str(d), None, "checkpoint")]
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 600
+    # Kill it once the second pack has a mid-pack checkpoint (pack 1 exported, pack 2 under way).
+    while not any(r["pack_index"] == 1 and r["step"] >= 2 for r in checkpoints()):
+        assert first.poll() is None, "the job ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint of the second pack within 10 minutes"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    killed_at = max((r["pack_index"], r["step"]) for r in checkpoints())
+    (run_dir,) = [d for d in runs_root.glob("*") if d.is_dir()]
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert [d for d in runs_root.glob("*") if d.is_dir()] == [run_dir], "the resubmission started another Ray run"
+    resumed = read_run_log(str(run_dir), None, "resume")
+    assert resumed, "the resubmitted job did not resume from a checkpoint"
+    assert (resumed[0]["pack_index"], resumed[0]["step"]) >= killed_at > (0, 0), (resumed[0], killed_at)
+    assert f"[train] resumed at pack {resumed[0]['pack']} step {resumed[0]['step']}" in again.stdout
+    exports = read_run_log(str(run_dir), None, "export")
+    assert sorted(r["concept"] for r in exports) == sorted(f"{TENANT}/{c.name}" for c in world["concepts"]), exports
+    assert "2 done" in again.stdout, again.stdout[-3000:]
