@@ -1,5 +1,11 @@
 """A concept's LoggedModel in MLflow: the pyfunc package around its artifact folder, its metrics,
-sample pictures and the dataset lineage of the run that logged it."""
+sample pictures and dataset lineage, all logged in the concept's own registration run.
+
+The registration run is a child of the job run (tag ``mlflow.parentRunId``): one per registered
+concept, so per-concept metrics never overwrite each other on the job run, and deleting a concept
+deletes exactly its runs. Nothing that outlives the run names the concept: its MLflow dataset (a
+row MLflow keeps after ``mlflow gc``) gets an opaque random name and the uploads root as source;
+the concept's upload folder and the dataset name are tags of the run."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -7,6 +13,8 @@ import logging
 import re
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +24,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from PIL import Image
 
 from omnipersona.concepts.artifact import MANIFEST_FILE, TENSORS_FILE, ConceptArtifact
@@ -74,22 +82,79 @@ def find_logged_model(mlflow_: MlflowConnection, artifact: ConceptArtifact):
     return ready[0] if ready else None
 
 
+@dataclass(frozen=True)
+class LoggedConcept:
+    model_id: str
+    run_id: str | None  # the registration run that logged it (the model's source run)
+
+
 def log_concept_model(
     mlflow_: MlflowConnection,
-    run_id: str,
+    job_run_id: str,
     local_dir: Path,
     artifact: ConceptArtifact,
     metrics: dict[str, float],
     images: dict[str, Image.Image],
     data_uri: str | None,
-) -> str:
+) -> LoggedConcept:
     """The LoggedModel of this artifact: reused when an earlier attempt finished logging it
-    (exported and logged, but never registered), else logged now. Returns its model id."""
+    (exported and logged, but never registered), else logged now in a new registration run under
+    the job run ``job_run_id``."""
     m = artifact.manifest
     client = mlflow_.client
     existing = mlflow_.call("find logged model", find_logged_model, mlflow_, artifact)
     if existing is not None:
-        return existing.model_id
+        return LoggedConcept(existing.model_id, existing.source_run_id)
+    if data_uri is None:
+        snapshot = mlflow_.call("get run", client.get_run, job_run_id).data.tags.get(names.RUN_TAG_SNAPSHOT_URI)
+        data_uri = f"{snapshot.rstrip('/')}/{m.id.key}" if snapshot else None
+    dataset_name = f"concept-data-{uuid.uuid4().hex[:16]}"
+    experiment_id = mlflow_.call("get run", client.get_run, job_run_id).info.experiment_id
+    run_id = start_concept_run(mlflow_, experiment_id, job_run_id, artifact, data_uri, dataset_name)
+    try:
+        model_id = _log_model(mlflow_, experiment_id, run_id, local_dir, artifact, metrics, images, data_uri, dataset_name)
+    except BaseException:
+        mlflow_.call("end run", client.set_terminated, run_id, status="FAILED")
+        raise
+    mlflow_.call("end run", client.set_terminated, run_id, status="FINISHED")
+    return LoggedConcept(model_id, run_id)
+
+
+def start_concept_run(mlflow_: MlflowConnection, experiment_id: str, job_run_id: str, artifact: ConceptArtifact,
+                      data_uri: str | None, dataset_name: str) -> str:
+    """A new registration run for this concept, nested under the job run (created once, even when
+    the create call is retried)."""
+    m = artifact.manifest
+    token = uuid.uuid4().hex
+    tags = {
+        MLFLOW_PARENT_RUN_ID: job_run_id,
+        names.RUN_TAG_TENANT: m.tenant,
+        names.RUN_TAG_CONCEPT: m.concept,
+        names.RUN_TAG_DATA_DIGEST: m.data_digest,
+        names.RUN_TAG_DATASET_NAME: dataset_name,
+        names.RUN_TAG_CREATE_TOKEN: token,
+    }
+    if data_uri:
+        tags[names.RUN_TAG_DATA_URI] = data_uri
+    client = mlflow_.client
+
+    def find() -> str | None:
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{names.RUN_TAG_CREATE_TOKEN}` = '{token}'",
+                                  max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    run_id, _ = mlflow_.create_once(
+        find,
+        lambda: client.create_run(experiment_id, run_name=m.id.logged_model_name(), tags=tags).info.run_id,
+        f"registration run of {m.concept_id}",
+    )
+    return run_id
+
+
+def _log_model(mlflow_: MlflowConnection, experiment_id: str, run_id: str, local_dir: Path, artifact: ConceptArtifact,
+               metrics: dict[str, float], images: dict[str, Image.Image], data_uri: str | None, dataset_name: str) -> str:
+    m = artifact.manifest
+    client = mlflow_.client
     params = {
         "display_name": m.display_name,
         "class_word": m.class_word,
@@ -102,7 +167,7 @@ def log_concept_model(
     model = mlflow_.call(
         "create logged model",
         client.create_logged_model,
-        mlflow_.experiment_id,
+        experiment_id,
         name=m.id.logged_model_name(),
         source_run_id=run_id,
         tags=concept_tags(artifact),
@@ -124,44 +189,59 @@ def log_concept_model(
         mlflow_.call("upload model", client.log_model_artifacts, model.model_id, str(package))
     mlflow_.call("link model", client.log_outputs, run_id, [LoggedModelOutput(model.model_id, step=0)])
 
-    _log_lineage(mlflow_, run_id, artifact, data_uri)
+    lineage = _log_lineage(mlflow_, run_id, artifact, data_uri, dataset_name)
     now_ms = int(time.time() * 1000)
     model_metrics = [
-        Metric(key, float(value), now_ms, 0, model_id=model.model_id, dataset_name=m.concept_id,
-               dataset_digest=m.data_digest, run_id=run_id)
+        Metric(key, float(value), now_ms, 0, model_id=model.model_id, run_id=run_id,
+               dataset_name=dataset_name if lineage else None, dataset_digest=dataset_digest(m) if lineage else None)
         for key, value in sorted(metrics.items())
     ]
     if model_metrics:
         mlflow_.call("log metrics", client.log_batch, run_id, metrics=model_metrics)
     for image_name, image in sorted(images.items()):
         safe = IMAGE_NAME_PATTERN.sub("_", image_name).strip("_") or "image"
-        artifact_file = f"{concept_pictures_prefix(m.id)}/{m.data_digest}/{safe}.png"
-        mlflow_.call("log image", client.log_image, run_id, image, artifact_file=artifact_file)
+        mlflow_.call("log image", client.log_image, run_id, image, artifact_file=f"{PICTURES_DIR}/{safe}.png")
     mlflow_.call("finalize model", client.finalize_logged_model, model.model_id, LoggedModelStatus.READY)
     return model.model_id
 
 
+PICTURES_DIR = "pictures"  # a registration run's sample pictures
+
+
 def concept_pictures_prefix(concept) -> str:
-    """Where a concept's sample pictures live inside a job run's artifacts."""
+    """Where job runs logged a concept's sample pictures before registration runs (read by deletion)."""
     return f"concepts/{concept.tenant}/{concept.concept}"
 
 
-def _log_lineage(mlflow_: MlflowConnection, run_id: str, artifact: ConceptArtifact, data_uri: str | None) -> None:
-    """Record the concept's training data (by URI and digest) as a dataset input of the run."""
+def dataset_digest(manifest) -> str:
+    # MLflow caps dataset digests at 36 characters; the full digest stays in the tags.
+    return manifest.data_digest[:36]
+
+
+def uploads_root(data_uri: str, concept) -> str | None:
+    """The uploads root above a concept's upload folder ``<root>/<tenant>/<concept>``, or None when
+    ``data_uri`` has another layout."""
+    suffix = f"/{concept.key}"
+    stripped = data_uri.rstrip("/")
+    return stripped[: -len(suffix)] if stripped.endswith(suffix) and len(stripped) > len(suffix) else None
+
+
+def _log_lineage(mlflow_: MlflowConnection, run_id: str, artifact: ConceptArtifact, data_uri: str | None,
+                 dataset_name: str) -> bool:
+    """Record the concept's training data as a dataset input of its registration run: an opaque
+    name, the data digest and the uploads root (MLflow keeps dataset rows after the run is gone, so
+    they must not name the concept; the run's tags say which folder). Returns whether it did."""
     m = artifact.manifest
-    if data_uri is None:
-        snapshot = mlflow_.call("get run", mlflow_.client.get_run, run_id).data.tags.get(names.RUN_TAG_SNAPSHOT_URI)
-        data_uri = f"{snapshot.rstrip('/')}/{m.id.key}" if snapshot else None
-    if data_uri is None:
-        log.warning("no data URI for %s: dataset lineage not recorded", m.concept_id)
-        return
+    root = uploads_root(data_uri, m.id) if data_uri else None
+    if root is None:
+        log.warning("no uploads root for %s (data URI %s): dataset lineage not recorded", m.concept_id, data_uri)
+        return False
     try:
-        source = resolve_dataset_source(data_uri)
+        source = resolve_dataset_source(root)
     except MlflowException as e:
-        log.warning("cannot record lineage for %s from %s: %s", m.concept_id, data_uri, e)
-        return
-    # MLflow caps dataset digests at 36 characters; the full digest stays in the version tags.
-    dataset = MetaDataset(source, name=m.concept_id, digest=m.data_digest[:36])
+        log.warning("cannot record lineage for %s from %s: %s", m.concept_id, root, e)
+        return False
+    dataset = MetaDataset(source, name=dataset_name, digest=dataset_digest(m))
     # The client API takes the entity; this is how mlflow.log_input converts it too.
     mlflow_.call(
         "log dataset",
@@ -169,6 +249,7 @@ def _log_lineage(mlflow_: MlflowConnection, run_id: str, artifact: ConceptArtifa
         run_id,
         datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])],
     )
+    return True
 
 
 def stage_locally(artifact_path: str | Path, filesystem: Any | None, dest: Path) -> Path:

@@ -25,7 +25,6 @@ from pipelines.evaluate.gate import Gate, GateResult
 from pipelines.register import names
 from pipelines.register.concept_model import (
     CONCEPT_ARTIFACT_KEY,
-    concept_pictures_prefix,
     concept_tags,
     log_concept_model,
     stage_locally,
@@ -93,7 +92,9 @@ class ConceptRegistry:
         ``metrics`` (evaluation metrics, final losses) are merged over the manifest's metrics and
         feed the ``gate``: ``champion`` moves to the new version only when the gate passes. A
         (tenant, concept, data digest, config hash, base fingerprint) that already has a version is skipped.
-        ``data_uri`` is the concept's upload folder, recorded as the dataset input (lineage).
+        ``data_uri`` is the concept's upload folder (lineage). ``run_id`` is the job run: the concept
+        is logged in a registration run of its own nested under it (its logged model, metrics,
+        pictures and dataset input), which the model version points to.
         """
         with tempfile.TemporaryDirectory(prefix="omnipersona-register-") as tmp:
             # Validate where it lives (clear errors for missing or corrupt files), then copy.
@@ -111,7 +112,8 @@ class ConceptRegistry:
                 return RegistrationResult("already_registered", name, existing.version, version_model_id(existing), False, None)
 
             self._ensure_registered_model(name, m.id)
-            model_id = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri)
+            logged = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri)
+            model_id = logged.model_id
             decision = gate.evaluate(all_metrics) if gate is not None else None
             version_tags = {
                 **concept_tags(artifact),
@@ -124,7 +126,7 @@ class ConceptRegistry:
             version, _ = self.mlflow.create_once(
                 lambda: self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint),
                 lambda: self.client.create_model_version(
-                    name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id
+                    name, source=f"models:/{model_id}", run_id=logged.run_id or run_id, tags=version_tags, model_id=model_id
                 ),
                 f"version of {name}",
             )
@@ -216,45 +218,20 @@ class ConceptRegistry:
         pyfunc_conf = Model.load(Path(local)).flavors["python_function"]
         return Path(local) / pyfunc_conf["artifacts"][CONCEPT_ARTIFACT_KEY]["path"]
 
-    def logged_model_ids(self, concept: ConceptId) -> list[str]:
-        """Every logged model of the concept: behind its versions, and any never registered."""
-        versions = self.mlflow.call("list versions", self.client.search_model_versions, f"name = '{self.model_name(concept)}'")
-        model_ids = {version_model_id(v) for v in versions} - {None}
-        logged = self.mlflow.call("list logged models", self.client.search_logged_models,
-                                  [self.mlflow.experiment_id], filter_string=names.logged_model_filter(concept))
-        return sorted(model_ids | {lm.model_id for lm in logged})
-
-    def delete_files(self, concept: ConceptId, model_ids: list[str]) -> list[str]:
-        """Delete the logged models' packages and the job runs' sample pictures of the concept;
-        returns the artifact locations removed."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.mlflow.tracking_uri)  # mlflow-artifacts:/ URIs resolve through it
-        try:
-            locations = []
-            for model_id in model_ids:
-                try:
-                    locations.append(self.client.get_logged_model(model_id).artifact_location)
-                except MlflowException:  # already gone
-                    continue
-            prefix = concept_pictures_prefix(concept)
-            for run in self.mlflow.call("list runs", self.client.search_runs, [self.mlflow.experiment_id], max_results=10_000):
-                if self.client.list_artifacts(run.info.run_id, prefix):
-                    locations.append(f"{run.info.artifact_uri.rstrip('/')}/{prefix}")
-            for location in locations:
-                get_artifact_repository(location).delete_artifacts()
-        finally:
-            mlflow.set_tracking_uri(previous)
-        return locations
-
     def delete_concept(self, concept: ConceptId) -> list[str]:
-        """Delete the concept's registered model (all versions and aliases) and its logged
-        models; returns the deleted logged-model ids. Artifacts go with the next ``mlflow gc``."""
-        name = self.model_name(concept)
-        model_ids = self.logged_model_ids(concept)
-        if self.mlflow.call("get registered model", self._get_registered_model, name) is not None:
-            self.mlflow.call("delete registered model", self.client.delete_registered_model, name)
-        for model_id in model_ids:
-            self.mlflow.call("delete logged model", self.client.delete_logged_model, model_id)
-        return model_ids
+        """The MLflow part of deleting a concept, stopping at the first error: the registered model
+        (all versions and aliases), the logged models (files, then the model) and the registration
+        runs (files, then the run). Returns the deleted logged-model ids; deleting twice is a no-op.
+        Runs and logged models are soft-deleted: `mlflow gc` removes their rows. `pipelines.delete`
+        does this and every other store, step by step, with a report of what is left."""
+        from pipelines.register.deletion import MlflowConceptRecords
+
+        records = MlflowConceptRecords(self.mlflow, concept, self.model_name(concept))
+        for found in records.registered_model():
+            records.delete_registered_model(found)
+        models = records.logged_models()
+        for found in models:
+            records.purge_logged_model(found)
+        for found in records.concept_runs():
+            records.purge_run(found)
+        return [found.ref[0] for found in models]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from safetensors.torch import load as safetensors_load
 
 from omnipersona.world import make_concepts
 from omnipersona.world.uploads import UploadOptions, write_uploads
 from pipelines.storage import filesystem_for, list_files
-from pipelines.train.example_store import concept_part
 from tests.services.s3 import upload_tree
 
 pytestmark = pytest.mark.integration
@@ -130,24 +130,35 @@ def test_infer_answers_with_a_champion_concept(submitted, tiny_bagel_dir):
 
 
 def test_delete_removes_a_concept_completely(submitted):
+    from tests.integration.test_delete import decoded, s3_objects, search
+
     name = submitted["concepts"][1].name
     config = submitted["config"]
     env = os.environ.copy()
     env.update(submitted["secrets"])
-    out = cli("delete", "--tenant", "acme", "--concept", name, "--config", str(submitted["yaml"]), "--purge-uploads", env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout[out.stdout.index("{"):])
-    assert report["upload_paths"] and report["artifact_paths"] and report["derived_paths"] and report["logged_models"]
+    server = submitted["server"]
+    fs, root = filesystem_for(server.uri("e2e/concepts"), server.storage_config())
+    (tensors,) = [f.path for f in list_files(fs, f"{root}/acme/{name}") if f.path.endswith("concept.safetensors")]
+    with fs.open_input_stream(tensors) as f:
+        identifier = safetensors_load(f.read())["identifier"].numpy().tobytes()
+    out = cli("delete", "--tenant", "acme", "--concept", name, "--config", str(submitted["yaml"]), "--purge-uploads", "--json", env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    done = {s["store"]: s["done"] for s in report["steps"]}
+    assert report["complete"] and all(done[s] for s in ("uploads", "artifacts", "examples", "summaries", "mlflow.logged_models",
+                                                         "mlflow.concept_runs", "mlflow.registered_model"))
     client = MlflowClient(config["mlflow"]["tracking_uri"])
     assert f"omnipersona.acme.{name}" not in names(config)
     assert not client.search_logged_models([client.get_experiment_by_name("e2e").experiment_id],
                                            filter_string=f"tags.tenant = 'acme' AND tags.concept = '{name}'")
-    # Nothing of it in the bucket: artifacts, derived examples, MLflow's model files and pictures.
-    server = submitted["server"]
-    fs, bucket = filesystem_for(server.uri(""), server.storage_config())
-    paths = [f.path for f in list_files(fs, bucket)]
-    traces = [f"/{name}/", concept_part(f"acme/{name}"), *report["logged_models"]]
-    left = [p for p in paths if any(t in p for t in traces)]
-    assert left == [], left
-    # The other concepts are untouched.
+    # Nothing of it in the bucket, by name or content: artifacts, examples, summaries, uploads, MLflow's
+    # files (test_delete.py also checks the MLflow database after `mlflow gc` and the checkpoints).
+    bucket = {loc: decoded(loc, data) for loc, data in s3_objects(server).items()}
+    needles = {"key": f"acme/{name}".encode(), "model name": f"omnipersona.acme.{name}".encode(), "identifier": identifier}
+    assert search(bucket, needles) == []
+    # The other concepts are untouched, and the job's status no longer lists the deleted one.
     assert len(names(config)) == 4
+    summary_job = report["steps"][[s["store"] for s in report["steps"]].index("summaries")]["done"][0].split("/")[-4]
+    status = cli("status", summary_job, "--config", str(submitted["yaml"]), env=env)
+    assert status.returncode == 0 and f"acme/{name}" not in status.stdout, status.stdout
+    assert all(c.name in status.stdout for c in submitted["concepts"] if c.name != name), status.stdout

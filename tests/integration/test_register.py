@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime, timezone
 
 import boto3
+import mlflow.artifacts
 import mlflow.pyfunc
 import pytest
 import torch
@@ -135,14 +136,35 @@ def test_register_creates_version_candidate_and_champion_on_gate_pass(registry, 
     assert version.tags["gate"] == "passed"
     assert version.source == f"models:/{result.model_id}"
 
+    # Everything of the concept is logged in its own registration run, a child of the job run.
     logged = client.get_logged_model(result.model_id)
-    assert logged.source_run_id == run_id
+    child = client.get_run(logged.source_run_id)
+    assert child.info.run_id != run_id and version.run_id == child.info.run_id
+    assert child.data.tags["mlflow.parentRunId"] == run_id
+    assert (child.data.tags["omnipersona.tenant"], child.data.tags["omnipersona.concept"]) == (tenant, concept)
+    assert child.data.tags["omnipersona.data_uri"] == f"s3://uploads/acme/{concept}"
+    assert child.info.status == "FINISHED"
     assert {m.key: m.value for m in logged.metrics} == {"recognition_accuracy": 0.9, "loss_text": 0.5}
-    run = client.get_run(run_id)
-    assert any(d.dataset.digest == "digest1" for d in run.inputs.dataset_inputs)
-    image_files = {f.path for f in client.list_artifacts(run_id, f"concepts/{tenant}/{concept}/digest1")}
-    folder = f"concepts/{tenant}/{concept}/digest1"
-    assert image_files == {f"{folder}/t2i_sample.png", f"{folder}/edit_remove.png"}
+    assert child.data.metrics == {"recognition_accuracy": 0.9, "loss_text": 0.5}
+    # The dataset input names nothing personal: MLflow keeps dataset rows after the run is purged.
+    (dataset,) = [d.dataset for d in child.inputs.dataset_inputs]
+    assert dataset.digest == "digest1" and dataset.name == child.data.tags["omnipersona.dataset_name"]
+    assert concept not in dataset.name and json.loads(dataset.source)["uri"] == "s3://uploads"
+    assert {f.path for f in client.list_artifacts(child.info.run_id, "pictures")} == {"pictures/t2i_sample.png", "pictures/edit_remove.png"}
+    job_run = client.get_run(run_id)
+    assert not job_run.data.metrics and not job_run.inputs.dataset_inputs and not client.list_artifacts(run_id, "concepts")
+
+
+def test_each_concept_keeps_its_own_metrics_in_one_job_run(registry, run_id, tmp_path, mlflow_server):
+    concepts = [unique("ant"), unique("bee")]
+    for i, concept in enumerate(concepts):
+        write_artifact(tmp_path / concept, "acme", concept, "digest1", seed=i)
+        registry.register_concept(run_id, tmp_path / concept, metrics={"recognition_accuracy": 0.1 * (i + 1)})
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    children = client.search_runs([registry.mlflow.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    by_concept = {r.data.tags["omnipersona.concept"]: r.data.metrics["recognition_accuracy"] for r in children}
+    assert by_concept[concepts[0]] == pytest.approx(0.1) and by_concept[concepts[1]] == pytest.approx(0.2)
 
 
 def test_gate_failure_keeps_champion(registry, run_id, tmp_path, mlflow_server):
@@ -237,21 +259,69 @@ def test_logged_but_unregistered_artifact_is_registered_without_relogging(regist
     assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == [again.version]
 
 
-def test_delete_removes_registered_model_and_logged_models(registry, run_id, tmp_path, mlflow_server):
+def test_delete_removes_registered_model_logged_models_and_registration_runs(registry, run_id, tmp_path, mlflow_server):
     tenant, concept = "acme", unique("hat")
     write_artifact(tmp_path / "a", tenant, concept, "digest1")
     write_artifact(tmp_path / "b", tenant, concept, "digest2", seed=2)
-    ids = {registry.register_concept(run_id, tmp_path / p).model_id for p in ("a", "b")}
+    images = {"sample": Image.new("RGB", (8, 8), "red")}
+    results = [registry.register_concept(run_id, tmp_path / p, images=images) for p in ("a", "b")]
+    other = unique("hat")
+    write_artifact(tmp_path / "c", tenant, other, "digest1", seed=3)
+    kept = registry.register_concept(run_id, tmp_path / "c", images=images)
+    client = MlflowClient(mlflow_server.tracking_uri)
+    child_runs = [client.get_logged_model(r.model_id).source_run_id for r in results]
+    locations = [client.get_logged_model(r.model_id).artifact_location for r in results]
 
     deleted = registry.delete_concept(ConceptId(tenant, concept))
 
-    client = MlflowClient(mlflow_server.tracking_uri)
-    assert set(deleted) == ids
+    assert set(deleted) == {r.model_id for r in results}
     with pytest.raises(MlflowException, match="not found|does not exist|RESOURCE_DOES_NOT_EXIST"):
         client.get_registered_model(ConceptId(tenant, concept).model_name())
     remaining = client.search_logged_models([registry.mlflow.experiment_id], filter_string=f"tags.concept = '{concept}'")
     assert list(remaining) == []
+    # Runs and logged models are soft-deleted (their rows wait for `mlflow gc`); their files are gone now.
+    for run in child_runs:
+        assert client.get_run(run).info.lifecycle_stage == "deleted"
+        assert client.list_artifacts(run, "pictures") == []
+    for location in locations:
+        assert mlflow.artifacts.list_artifacts(artifact_uri=location, tracking_uri=mlflow_server.tracking_uri) in ([], None)
+    # Another concept of the same tenant, registered in the same job run, is untouched.
+    assert client.get_model_version(ConceptId(tenant, other).model_name(), kept.version)
+    kept_run = client.get_logged_model(kept.model_id).source_run_id
+    assert client.get_run(kept_run).info.lifecycle_stage == "active" and client.list_artifacts(kept_run, "pictures")
     assert registry.delete_concept(ConceptId(tenant, concept)) == []  # idempotent
+
+
+def test_deletion_finds_what_job_runs_held_before_registration_runs(registry, run_id, mlflow_server):
+    """Jobs before registration runs logged a concept's pictures and dataset input on the job run."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.entities import DatasetInput
+
+    from pipelines.register.deletion import CannotPurge, MlflowConceptRecords
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    concept = ConceptId("acme", unique("old"))
+    legacy_run = client.create_run(registry.mlflow.experiment_id, run_name="legacy-job").info.run_id
+    client.log_image(legacy_run, Image.new("RGB", (8, 8), "red"), artifact_file=f"concepts/acme/{concept.concept}/d1/sample.png")
+    client.log_image(legacy_run, Image.new("RGB", (8, 8), "red"), artifact_file="concepts/acme/kept/d1/sample.png")
+    dataset = MetaDataset(resolve_dataset_source(f"s3://uploads/{concept.key}"), name=concept.key, digest="d1")
+    client.log_inputs(legacy_run, datasets=[DatasetInput(dataset._to_mlflow_entity())])
+    records = MlflowConceptRecords(registry.mlflow, concept, registry.model_name(concept))
+
+    found = records.legacy_job_run_records(records.job_runs())
+
+    assert sorted(f.label for f in found) == sorted([f"run {legacy_run}: pictures concepts/acme/{concept.concept}/",
+                                                     f"run {legacy_run}: dataset input named {concept.key}"])
+    for f in found:
+        if f.ref[0] == "pictures":
+            records.purge_legacy_job_run_record(f)
+        else:
+            with pytest.raises(CannotPurge, match="no API"):
+                records.purge_legacy_job_run_record(f)
+    left = records.legacy_job_run_records(records.job_runs())
+    assert [f.ref[0] for f in left] == ["dataset"]  # reported as left, every time, until removed by hand
+    assert client.list_artifacts(legacy_run, "concepts/acme/kept/d1")  # another concept's pictures stay
 
 
 def test_missing_artifact_is_reported_before_anything_is_registered(registry, run_id, tmp_path, mlflow_server):

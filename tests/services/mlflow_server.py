@@ -7,7 +7,8 @@ Fixtures:
   only: clients upload and download through the server's artifact proxy, as in production.
 
 Both yield a :class:`MlflowServer` whose ``tracking_uri`` is what a client passes to
-``MlflowClient(tracking_uri)``. Nothing here sets a global tracking URI.
+``MlflowClient(tracking_uri)``. Nothing here sets a global tracking URI. A test that stops and
+restarts its server (an outage) starts its own :class:`MlflowServerProcess`.
 """
 from __future__ import annotations
 
@@ -66,48 +67,84 @@ def _remove_job_runner_stores(before: set[Path]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+class MlflowServerProcess:
+    """An ``mlflow server`` that can be stopped and started again on the same port, database and
+    artifact store (what a test of an outage needs); ``running_mlflow_server`` wraps it."""
+
+    def __init__(self, workdir: Path, artifacts_destination: str, extra_env: dict[str, str] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.artifacts_destination = artifacts_destination
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.backend_store_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        self.log_path = workdir / "server.log"
+        self.env = {
+            **os.environ,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else 7 extra job-runner processes (~1.8 GB)
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **(extra_env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+        self._shm_before = _shm_temp_dirs()
+
+    @property
+    def server(self) -> MlflowServer:
+        return MlflowServer(tracking_uri=self.url, artifacts_destination=self.artifacts_destination, log_path=self.log_path)
+
+    def start(self) -> MlflowServer:
+        """Start on ``self.port`` and wait for /health."""
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", self.artifacts_destination,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--workers", "1",
+        ]
+        with open(self.log_path, "ab") as log:
+            # Own session: SIGTERM reaches the CLI and its uvicorn worker together.
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir, start_new_session=True
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _is_healthy(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                code = self.process.poll()
+                self.stop()
+                raise RuntimeError(f"mlflow server did not become healthy at {self.url} (exit code {code}):\n{tail}")
+            time.sleep(0.25)
+        return self.server
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+        _remove_job_runner_stores(self._shm_before)
+
+
 @contextmanager
 def running_mlflow_server(
     workdir: Path, artifacts_destination: str, extra_env: dict[str, str] | None = None
 ) -> Iterator[MlflowServer]:
     """Start ``mlflow server`` on a free loopback port, wait for /health, stop it afterwards."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = workdir / "server.log"
-    env = {
-        **os.environ,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else 7 extra job-runner processes (~1.8 GB)
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        **(extra_env or {}),
-    }
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", artifacts_destination,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-    ]
-    shm_before = _shm_temp_dirs()
-    with open(log_path, "wb") as log:
-        # Own session: SIGTERM reaches the CLI and its uvicorn worker together.
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
-        )
+    process = MlflowServerProcess(workdir, artifacts_destination, extra_env)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _is_healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(
-                    f"mlflow server did not become healthy at {url} (exit code {process.poll()}):\n{tail}"
-                )
-            time.sleep(0.25)
-        yield MlflowServer(tracking_uri=url, artifacts_destination=artifacts_destination, log_path=log_path)
+        yield process.start()
     finally:
-        _stop(process)
-        _remove_job_runner_stores(shm_before)
+        process.stop()
+
+
+def s3_server_env(s3) -> dict[str, str]:
+    """What an MLflow server needs to keep its artifacts on the test S3 server (its own env only)."""
+    return {
+        # boto3 inside the server reads these; the test process never needs them.
+        "MLFLOW_S3_ENDPOINT_URL": f"http://{s3.endpoint}",
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_DEFAULT_REGION": s3.region,
+    }
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -139,12 +176,5 @@ def mlflow_server_s3(
     except pytest.FixtureLookupError:
         pytest.skip("tests.services.s3 provides no s3_server fixture")
     workdir = tmp_path_factory.mktemp("mlflow-s3")
-    server_env = {
-        # boto3 inside the server reads these; the test process never needs them.
-        "MLFLOW_S3_ENDPOINT_URL": f"http://{s3.endpoint}",
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_DEFAULT_REGION": s3.region,
-    }
-    with running_mlflow_server(workdir, f"s3://{s3.bucket}/mlflow", server_env) as server:
+    with running_mlflow_server(workdir, f"s3://{s3.bucket}/mlflow", s3_server_env(s3)) as server:
         yield server
