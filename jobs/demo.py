@@ -42,12 +42,12 @@ def demo_config(root: Path, model: str = "tiny") -> dict:
 
 def write_demo_uploads(root: Path, seed: int = 7) -> None:
     from omnipersona.world import make_concepts
-    from omnipersona.world.uploads import EvalOptions, UploadOptions, write_eval_sets, write_uploads
+    from omnipersona.world.uploads import EvalSetWriteOptions, UploadOptions, write_eval_sets, write_uploads
 
     concepts = make_concepts(5, seed=seed)
     by_tenant = {"acme": concepts[:3], "globex": concepts[3:]}
     write_uploads(by_tenant, root / "uploads", options=UploadOptions(views=6, edits=2, pool_negatives=16))
-    write_eval_sets(by_tenant, root / "eval", options=EvalOptions(views=2, hard_negatives=2, random_negatives=2))
+    write_eval_sets(by_tenant, root / "eval", options=EvalSetWriteOptions(views=2, hard_negatives=2, random_negatives=2))
     shutil.move(str(root / "uploads" / "_negatives"), str(root / "negatives"))
     # A broken upload: concept.json is not JSON. The job quarantines it and goes on.
     broken = root / "uploads" / "globex" / "broken-upload"

@@ -52,7 +52,7 @@ class JobContext:
 
 
 @dataclass
-class Selection:
+class JobPlan:
     to_train: list[TrainConcept] = field(default_factory=list)
     to_register: list[TrainConcept] = field(default_factory=list)  # exported earlier, never registered
     why: dict[ConceptId, str] = field(default_factory=dict)  # why each concept is trained (or registered)
@@ -163,13 +163,13 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
 # ---------------------------------------------------------------- 2. select
 
 
-def select(ctx: JobContext, ingest: IngestResult) -> Selection:
+def select(ctx: JobContext, ingest: IngestResult) -> JobPlan:
     """Skip what is registered, register what is exported, train the rest.
 
     A trained concept is identified by (data digest, recipe hash, base fingerprint): a change of
     any of them trains a new version; the summary says which one changed."""
     art_fs, art_root = filesystem_for(ctx.cfg.artifacts.root, ctx.cfg.storage)
-    selection = Selection()
+    selection = JobPlan()
     for c in ingest.concepts:
         concept = TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest,
                                ctx.recipe_hash, ctx.bundle.fingerprint)
@@ -207,7 +207,7 @@ def why_train(latest, concept: TrainConcept) -> str:
     return f"{', '.join(changed) or 'nothing'} changed since v{latest.version}"
 
 
-def write_training_examples(ctx: JobContext, ingest: IngestResult, selection: Selection) -> None:
+def write_training_examples(ctx: JobContext, ingest: IngestResult, selection: JobPlan) -> None:
     """Materialise the examples of the concepts this job trains or evaluates (once per job id)."""
     needs = selection.to_train + (selection.to_register if ctx.cfg.evaluation.enabled else [])
     ex_fs, ex_path = filesystem_for(ctx.paths.examples, ctx.cfg.storage)
@@ -248,7 +248,7 @@ def train(ctx: JobContext, concepts: list[TrainConcept], planned: list[TrainConc
 # ---------------------------------------------------------------- 4 + 5. evaluate and register
 
 
-def evaluate_and_register(ctx: JobContext, selection: Selection) -> None:
+def evaluate_and_register(ctx: JobContext, selection: JobPlan) -> None:
     """One concept at a time; one failure never stops the others."""
     concepts = selection.to_register
     from pipelines.evaluate.benchmark import load_judge

@@ -45,7 +45,7 @@ class UploadOptions(BaseModel):
     pool_seed: int = Field(default=0, ge=0)
 
 
-class EvalOptions(BaseModel):
+class EvalSetWriteOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     size: int = Field(default=64, ge=8)
@@ -152,7 +152,7 @@ def write_eval_set(
     concept: WorldConcept,
     fs: pafs.FileSystem,
     concept_dir: str,
-    options: EvalOptions = EvalOptions(),
+    options: EvalSetWriteOptions = EvalSetWriteOptions(),
     avoid: Sequence[WorldConcept] = (),
 ) -> EvalManifest:
     """Held-out views, negatives, PARG references and manifest.json of one concept."""
@@ -205,7 +205,7 @@ def write_eval_sets(
     eval_root: str | Path,
     *,
     filesystem: pafs.FileSystem | None = None,
-    options: EvalOptions = EvalOptions(),
+    options: EvalSetWriteOptions = EvalSetWriteOptions(),
 ) -> list[str]:
     """Every concept's held-out set as `<eval_root>/<tenant>/<concept>/...`; returns concept dirs."""
     everyone = _check_names(concepts_by_tenant)

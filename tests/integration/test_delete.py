@@ -29,7 +29,7 @@ from safetensors.torch import load as load_safetensors
 
 from omnipersona.identity import ConceptId
 from omnipersona.world import make_concepts
-from omnipersona.world.uploads import EvalOptions, UploadOptions, write_eval_sets, write_uploads
+from omnipersona.world.uploads import EvalSetWriteOptions, UploadOptions, write_eval_sets, write_uploads
 from pipelines.config import JobConfig
 from pipelines.personalize import run_job
 from tests.services.mlflow_server import MlflowServerProcess, s3_server_env
@@ -68,7 +68,7 @@ def job(s3_server, ray_session, mlflow_process, tiny_bagel_dir, tmp_path_factory
     tenants = {"acme": [first.model_copy(update={"name": GONE}), second], "globex": [third]}
     write_uploads(tenants, local / "uploads", options=UploadOptions(views=3, edits=1, pool_negatives=4))
     shutil.move(local / "uploads" / "_negatives", local / "negatives")
-    write_eval_sets(tenants, local / "eval", options=EvalOptions(size=32, views=1, hard_negatives=1, random_negatives=1))
+    write_eval_sets(tenants, local / "eval", options=EvalSetWriteOptions(size=32, views=1, hard_negatives=1, random_negatives=1))
     for name in (GONE, second.name):  # a quarantine row for the deleted concept and for a kept one
         (local / "uploads" / "acme" / name / "images" / "900.png").write_bytes(b"not an image at all")
     for folder in ("uploads", "negatives", "eval"):

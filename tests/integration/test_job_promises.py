@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from omnipersona.identity import ConceptId
 from omnipersona.model.tiny import build_tiny_bagel
 from omnipersona.world import make_concepts
-from omnipersona.world.uploads import EvalOptions, UploadOptions, write_eval_sets, write_uploads
+from omnipersona.world.uploads import EvalSetWriteOptions, UploadOptions, write_eval_sets, write_uploads
 from pipelines.config import JobConfig
 from pipelines.personalize import run_job
 from pipelines.storage import filesystem_for, list_files, read_bytes
@@ -35,7 +35,7 @@ def world(s3_server, tmp_path_factory):
     concepts = make_concepts(2, seed=33)
     write_uploads({TENANT: concepts}, local / "uploads", options=UploadOptions(views=3, edits=1, pool_negatives=4))
     shutil.move(local / "uploads" / "_negatives", local / "negatives")
-    write_eval_sets({TENANT: concepts}, local / "eval", options=EvalOptions(size=32, views=1, hard_negatives=1, random_negatives=1))
+    write_eval_sets({TENANT: concepts}, local / "eval", options=EvalSetWriteOptions(size=32, views=1, hard_negatives=1, random_negatives=1))
     upload_tree(s3_server, local / "uploads", "promises/uploads")
     upload_tree(s3_server, local / "negatives", "promises/negatives")
     upload_tree(s3_server, local / "eval", "promises/eval")

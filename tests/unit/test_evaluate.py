@@ -109,7 +109,7 @@ def test_world_eval_set_is_held_out_and_names_the_concept(concept):
 def test_manifest_eval_set_matches_the_world_one(concept, tmp_path):
     import pyarrow.fs as pafs
 
-    from omnipersona.world.uploads import EvalOptions as WriteOptions
+    from omnipersona.world.uploads import EvalSetWriteOptions as WriteOptions
     from omnipersona.world.uploads import write_eval_set
 
     write_eval_set(concept, pafs.LocalFileSystem(), str(tmp_path / "c"), WriteOptions(size=32, views=3, hard_negatives=2, random_negatives=2))
@@ -370,7 +370,7 @@ def test_job_scores_concepts_on_their_held_out_sets_and_gates_on_the_metrics(tin
     from omnipersona.concepts.init import init_concept
     from omnipersona.infer.engine import Persona
     from omnipersona.model.sampling import FlowSampling
-    from omnipersona.world.uploads import EvalOptions as WriteOptions
+    from omnipersona.world.uploads import EvalSetWriteOptions as WriteOptions
     from omnipersona.world.uploads import write_eval_sets
     from pipelines.config import JobConfig
     from omnipersona.identity import ConceptId

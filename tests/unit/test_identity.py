@@ -48,3 +48,20 @@ def test_identity_needs_no_torch():
     """The data workers and the CLI read concept ids without importing the model."""
     code = "import sys, omnipersona.identity; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_class_name_is_defined_twice_in_the_package():
+    """Two unrelated classes with one name (there were two `ConceptSpec`s) make every import a guess."""
+    import ast
+    from collections import defaultdict
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    where = defaultdict(list)
+    for package in ("omnipersona", "pipelines", "jobs"):
+        for path in sorted((repo / package).rglob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.ClassDef):
+                    where[node.name].append(f"{path.relative_to(repo)}:{node.lineno}")
+    assert len(where) > 50  # the scan really read the package
+    assert {name: places for name, places in where.items() if len(places) > 1} == {}
