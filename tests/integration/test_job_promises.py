@@ -52,7 +52,8 @@ def job_config(world, mlflow_server, model: str, experiment: str, steps: int = 2
                   "deepspeed": {"zero_stage": 2}, "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "pack_size": 2},
         "artifacts": {"root": s3.uri(f"promises/{experiment}/concepts"), "work": s3.uri(f"promises/{experiment}/work"),
                       "runs": str(world["local"] / f"ray-runs-{experiment}")},
-        "mlflow": {"tracking_uri": mlflow_server.tracking_uri, "experiment": experiment},
+        # Registered model names are global to the server: each test its own prefix.
+        "mlflow": {"tracking_uri": mlflow_server.tracking_uri, "experiment": experiment, "registry_prefix": experiment},
         "evaluation": {"enabled": evaluation, "max_examples": 1, "sample_images": False, "sampling_steps": 2,
                        **({"eval_sets_uri": s3.uri("promises/eval")} if evaluation else {})},
         "hard_negative_features": "colour_histogram",
@@ -76,11 +77,11 @@ def run_in_process(config: dict, monkeypatch, s3):
     return run_job(JobConfig(**config))
 
 
-def versions(tracking_uri: str, concepts) -> dict[str, list[int]]:
+def versions(tracking_uri: str, concepts, prefix: str = "promises-rerun") -> dict[str, list[int]]:
     client = MlflowClient(tracking_uri)
     out = {}
     for c in concepts:
-        name = ConceptId(TENANT, c.name).model_name()
+        name = ConceptId(TENANT, c.name).model_name(prefix)
         out[name] = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     return out
 
