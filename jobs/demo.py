@@ -85,7 +85,8 @@ def run_demo(root: str | Path = "omnipersona-demo", fresh: bool = True, model: s
     if done:
         _inference_tour(cfg, root, done[0].concept_key)
     print(f"[demo] finished in {time.perf_counter() - t0:.0f}s", flush=True)
-    print(f"[demo] job config: {root / 'job.yaml'}   summary: {root / 'store' / 'work' / summary.job_id / 'summary.md'}")
+    summary_md = root / 'store' / 'work' / summary.job_id / 'runs' / str(summary.run_id) / 'summary.md'
+    print(f"[demo] job config: {root / 'job.yaml'}   summary: {summary_md}")
     print(f"[demo] look at runs, concept models and sample pictures with:\n    mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}")
     return 0
 

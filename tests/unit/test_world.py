@@ -40,7 +40,7 @@ from omnipersona.world.concepts import NAME_PATTERN, NAMES
 from omnipersona.concepts.upload_schema import ConceptDescription
 from omnipersona.world.layout import EvalManifest
 from omnipersona.world.uploads import (
-    EvalOptions,
+    EvalSetWriteOptions,
     UploadOptions,
     read_concept_upload,
     read_eval_manifest,
@@ -392,7 +392,7 @@ def test_upload_writer_rejects_unsafe_tenants_and_duplicate_concepts(tmp_path):
 
 def test_eval_set_lists_views_negatives_facts_and_parg_references(tmp_path):
     concepts = make_concepts(2, seed=9)
-    options = EvalOptions(views=3, hard_negatives=4, random_negatives=3)
+    options = EvalSetWriteOptions(views=3, hard_negatives=4, random_negatives=3)
     write_eval_sets({"acme": concepts}, tmp_path / "eval", options=options)
     for concept in concepts:
         folder = tmp_path / "eval" / "acme" / concept.name
