@@ -45,7 +45,7 @@ from omnipersona.identity import ConceptId
 from pipelines.register import ConceptRegistry
 from pipelines.register.deletion import Found, MlflowConceptRecords
 from pipelines.register.retry import is_transient
-from pipelines.storage import StorageConfig, filesystem_for, read_bytes, write_bytes_atomic
+from pipelines.storage import StorageConfig, delete_prefix, filesystem_for, read_bytes, write_bytes_atomic
 from pipelines.train.example_store import PARTITION, concept_part
 
 log = logging.getLogger("omnipersona.delete")
@@ -143,25 +143,6 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def purge_tree(fs: pafs.FileSystem, path: str) -> None:
-    """Delete a file, or a folder with everything below it, down to the folder entries: stores with
-    real directories (local disks, SeaweedFS) keep empty ones, and their names are the concept's."""
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return
-    if info.type == pafs.FileType.File:
-        fs.delete_file(path)
-        return
-    entries = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    for entry in entries:
-        if entry.is_file:
-            fs.delete_file(entry.path)
-    folders = [e.path for e in entries if e.type == pafs.FileType.Directory] + [path]
-    for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
-        if fs.get_file_info(folder).type == pafs.FileType.Directory:
-            fs.delete_dir(folder)
-
-
 def _children(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     return list(fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True)))
 
@@ -171,7 +152,7 @@ def folder_store(name: str, what: str, uri: str, key: str, storage: StorageConfi
     fs, root = filesystem_for(uri, storage)
     folder = f"{root.rstrip('/')}/{key}"
     return Store(name, what, lambda: [Found(folder, folder)] if _exists(fs, folder) else [],
-                 lambda found: purge_tree(fs, found.ref), service=uri)
+                 lambda found: delete_prefix(fs, found.ref), service=uri)
 
 
 @dataclass(frozen=True)
@@ -287,7 +268,7 @@ class WorkFolder:
         return out
 
     def delete(self, found: Found) -> None:
-        purge_tree(self.fs, found.ref)
+        delete_prefix(self.fs, found.ref)
 
     # -------- summaries and quarantine reports
     def reports(self, names: tuple[str, ...]) -> list[Found]:
@@ -328,7 +309,7 @@ class TrainingRuns:
                 if any(p.match(r.base_name) for p in of_jobs) or self._names_concept(r.path)]
 
     def delete(self, found: Found) -> None:
-        purge_tree(self.fs, found.ref)
+        delete_prefix(self.fs, found.ref)
 
 
 def concept_stores(

@@ -198,14 +198,23 @@ def list_objects(uri: str, storage: StorageConfig | None = None) -> list[ObjectI
 
 
 def delete_prefix(fs: pafs.FileSystem, path: str) -> None:
-    """Delete everything below ``path`` (missing is fine)."""
+    """Delete a file, or a folder with everything below it, down to the folder entries (missing is
+    fine): stores with real directories (local disks, SeaweedFS) keep empty ones otherwise, and a
+    folder's name can be personal data (a concept's)."""
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         return
     if info.type == pafs.FileType.File:
         fs.delete_file(path)
         return
-    fs.delete_dir(path)
+    entries = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    for entry in entries:
+        if entry.is_file:
+            fs.delete_file(entry.path)
+    folders = [e.path for e in entries if e.type == pafs.FileType.Directory] + [path]
+    for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+        if fs.get_file_info(folder).type == pafs.FileType.Directory:
+            fs.delete_dir(folder)
 
 
 def join(path: str, *parts: str) -> str:

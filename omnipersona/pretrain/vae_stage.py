@@ -17,6 +17,7 @@ from ..model.vae import FluxVAE
 from ..world import render, render_background
 from ..world.attributes import BACKGROUNDS, random_spec
 from ..world.items import ITEM_CATEGORIES, random_item
+from .steps import log_progress, optimizer_step
 
 
 def world_image(seed: int, index: int, size: int):
@@ -69,13 +70,7 @@ def train_vae(
         scaled = scale * (raw - shift)
         moments = (scaled.mean(dim=(0, 2, 3)) ** 2).mean() + ((scaled.std(dim=(0, 2, 3)) - 1) ** 2).mean()
         loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + 1e-4 * kl + 0.1 * moments
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if log and (step % 100 == 0 or step == total - 1):
-            log(f"vae step {step}/{total} loss {np.mean(losses[-50:]):.4f} ({time.time() - start:.0f}s)")
+        losses.append(optimizer_step(loss, vae.parameters(), opt, sched))
+        log_progress(log, "vae", step, total, losses, start, digits=4)
     vae.eval()
     return losses

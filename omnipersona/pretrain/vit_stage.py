@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +18,7 @@ from ..model.bagel import Bagel
 from ..model.images import to_tensor
 from ..model.layers import flattened_position_ids, patchify
 from .labels import HEADS, labelled_render
+from .steps import log_progress, optimizer_step
 
 _VIT_STREAM = 49979687
 
@@ -46,13 +46,7 @@ def train_vit(model: Bagel, *, steps: int, batch_size: int, lr: float, size: int
         for name, head in heads.items():
             target = torch.tensor([labels[name] for _, labels in drawn])
             loss = loss + F.cross_entropy(head(pooled), target, ignore_index=-1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if log and (step % 100 == 0 or step == steps - 1):
-            log(f"vit step {step}/{steps} loss {np.mean(losses[-50:]):.3f} ({time.time() - start:.0f}s)")
+        losses.append(optimizer_step(loss, params, opt, sched))
+        log_progress(log, "vit", step, steps, losses, start, digits=3)
     vit.eval()
     return losses
