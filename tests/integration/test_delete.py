@@ -42,13 +42,7 @@ GONE_ID = ConceptId("acme", GONE)
 
 
 def storage_env(s3) -> dict[str, str]:
-    return {
-        "OMNIPERSONA_STORAGE__ENDPOINT_OVERRIDE": s3.endpoint,
-        "OMNIPERSONA_STORAGE__SCHEME": "http",
-        "OMNIPERSONA_STORAGE__ACCESS_KEY": s3.access_key,
-        "OMNIPERSONA_STORAGE__SECRET_KEY": s3.secret_key,
-        "OMNIPERSONA_STORAGE__REGION": s3.region,
-    }
+    return s3.job_env()
 
 
 @pytest.fixture(scope="module")

@@ -60,15 +60,8 @@ def job_config(world, mlflow_server, model: str, experiment: str, steps: int = 2
     }
 
 
-def storage_env(s3) -> dict:
-    """Endpoints and secrets come from the environment, never from the YAML."""
-    return {
-        "OMNIPERSONA_STORAGE__ENDPOINT_OVERRIDE": s3.endpoint,
-        "OMNIPERSONA_STORAGE__SCHEME": "http",
-        "OMNIPERSONA_STORAGE__ACCESS_KEY": s3.access_key,
-        "OMNIPERSONA_STORAGE__SECRET_KEY": s3.secret_key,
-        "OMNIPERSONA_STORAGE__REGION": s3.region,
-    }
+def storage_env(s3) -> dict[str, str]:
+    return s3.job_env()
 
 
 def run_in_process(config: dict, monkeypatch, s3):

@@ -50,6 +50,17 @@ class S3Server:
     def client(self):
         return s3_client(self.storage_config())
 
+    def job_env(self) -> dict[str, str]:
+        """The `OMNIPERSONA_STORAGE__*` variables a job reads: endpoints and secrets come from the
+        environment, never from the job YAML."""
+        return {
+            "OMNIPERSONA_STORAGE__ENDPOINT_OVERRIDE": self.endpoint,
+            "OMNIPERSONA_STORAGE__SCHEME": "http",
+            "OMNIPERSONA_STORAGE__ACCESS_KEY": self.access_key,
+            "OMNIPERSONA_STORAGE__SECRET_KEY": self.secret_key,
+            "OMNIPERSONA_STORAGE__REGION": self.region,
+        }
+
     def uri(self, prefix: str = "") -> str:
         return f"s3://{self.bucket}/{prefix.strip('/')}".rstrip("/")
 
