@@ -7,10 +7,8 @@ registry and runs one inference per task.
 """
 from __future__ import annotations
 
-import json
-import logging
+import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -117,6 +115,13 @@ def _inference_tour(cfg, root: Path, concept_key: str) -> None:
     print(f"[demo] edit: 'Put <{name}> on the beach.' -> {out / 'edit.png'}")
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout)
-    sys.exit(run_demo(*(sys.argv[1:2] or [])))
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("demo", parents=[common], help="run the whole product locally on generated concepts")
+    s.add_argument("--dir", default="omnipersona-demo", help="working folder (default ./omnipersona-demo)")
+    s.add_argument("--keep", action="store_true", help="keep earlier demo data (a rerun then trains nothing)")
+    s.add_argument("--model", default="tiny", help="base model folder or 'tiny' (default: the tiny BAGEL, built locally)")
+    s.set_defaults(fn=run)
+
+
+def run(args) -> int:
+    return run_demo(args.dir, fresh=not args.keep, model=args.model)

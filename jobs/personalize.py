@@ -3,11 +3,7 @@
     ray job submit --working-dir . -- python -m jobs.personalize --config job.yaml
 
 Thin on purpose: parse arguments, load the typed config, run `pipelines.personalize.run_job`,
-print the summary and exit with a code a scheduler can act on:
-
-    0  every concept is done or skipped (quarantined uploads are reported in the summary, not failures)
-    3  the job ran, but some concepts failed or are pending (see the summary; a rerun retries them)
-    2  the job could not run or stopped early (bad config, unreachable service, a stage crashed)
+print the summary and exit with a code a scheduler can act on (EXIT_CODES below).
 """
 from __future__ import annotations
 
@@ -18,19 +14,28 @@ import sys
 EXIT_OK = 0
 EXIT_JOB_FAILED = 2
 EXIT_CONCEPTS_FAILED = 3
+EXIT_CODES = """exit codes:
+  0  every concept is done or skipped (quarantined uploads are reported in the summary, not failures)
+  3  the job ran, but some concepts failed or are pending (see the summary; a rerun retries them)
+  2  the job could not run or stopped early (bad config, unreachable service, a stage crashed)
+"""
 
 log = logging.getLogger("omnipersona.job")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.personalize", description=__doc__.splitlines()[0],
-                                     epilog="exit codes: 0 all done or skipped; 3 some concepts failed or pending; "
-                                            "2 the job could not run")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="job YAML (see docs/job-config.md); OMNIPERSONA_* env vars override it")
     parser.add_argument("--job-id", help="override the job id (default: derived from snapshot, recipe and base)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
 
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("personalize", parents=[common], help="run the batch job from a YAML config (what `ray job submit` runs)",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(s)
+    s.set_defaults(fn=run)
+
+
+def run(args) -> int:
     from pipelines.config import JobConfig
     from pipelines.personalize import run_job
 
@@ -47,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("job %s run %s: %s — see the summary", summary.job_id, summary.run_id, summary.counts())
         return EXIT_CONCEPTS_FAILED
     return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.personalize`: the same as `omnipersona personalize`."""
+    from jobs.cli import main as cli_main
+
+    return cli_main(["personalize", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+"""`omnipersona status <job-id>`: the runs of a job and its latest summary."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("status", parents=[common], help="summary (or state) of a job")
+    s.add_argument("job_id", help="the job id the job printed at start (or `--job-id` given to personalize)")
+    s.add_argument("--config", required=True, help="the job YAML (its stores hold the summaries)")
+    s.set_defaults(fn=run)
+
+
+def run(args) -> int:
+    from pipelines.config import JobConfig
+    from pipelines.paths import JobPaths
+    from pipelines.storage import filesystem_for
+    from pipelines.summary import read_run_summaries, runs_table
+
+    cfg = JobConfig.from_yaml(args.config)
+    paths = JobPaths.of(cfg, args.job_id)
+    fs, runs_dir = filesystem_for(paths.runs, cfg.storage)
+    summaries = read_run_summaries(fs, runs_dir)
+    if summaries:
+        print(f"job {args.job_id}: {len(summaries)} run(s)\n")
+        print(runs_table(summaries))
+        print(f"latest run {summaries[-1].run_id}:\n")
+        print(summaries[-1].to_markdown())
+        return 0
+    quarantine = fs.get_file_info(filesystem_for(paths.quarantine, cfg.storage)[1])
+    state = "running (ingest done)" if quarantine.type.name == "File" else "unknown (no trace of this job id)"
+    print(f"job {args.job_id}: {state}; training progress is in the job log (`ray job logs <submission id>`)")
+    return 0 if quarantine.type.name == "File" else 1
