@@ -15,18 +15,12 @@ whatever the number of ranks and however the examples are split.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
 from .concepts.samples import TrainBatch
+from .recipe import LossWeights
 from .tasks import flow_tasks, task_type
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    lambda_img: float = 1.0
-    lambda_edit: float = 1.0
 
 
 # Per term ('ce', or a flow task's name): each concept slot's number of targets (answer tokens for

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from omnipersona.training import TrainConfig
+from omnipersona.recipe import TrainConfig
 
 
 class DeepSpeedConfig(BaseModel):

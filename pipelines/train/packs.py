@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from omnipersona.training import TrainConfig
+from omnipersona.recipe import TrainConfig
 
 
 def bytes_per_concept(hidden: int, layers: int, recipe: TrainConfig, tokens_per_example: int, num_workers: int) -> float:
