@@ -291,21 +291,25 @@ class ConceptArtifact:
             )
 
         if expected_fingerprint is not None and expected_fingerprint != manifest.base_fingerprint:
-            raise BaseModelMismatchError(
-                f"concept {manifest.concept_id!r} at {folder} was trained against base model "
-                f"{manifest.base_model_id!r} (fingerprint {manifest.base_fingerprint}), but the loaded base model "
-                f"is {expected_base_model_id or 'unnamed'!r} (fingerprint {expected_fingerprint}). Concept tokens "
-                "only work with the exact weights they were trained on: load base model "
-                f"{manifest.base_model_id!r}, or retrain the concept against the current base model."
-            )
+            raise _base_mismatch(manifest, folder, expected_base_model_id, "fingerprint", manifest.base_fingerprint, expected_fingerprint)
         if expected_hidden_size is not None and expected_hidden_size != artifact.hidden_size:
-            raise BaseModelMismatchError(
-                f"concept {manifest.concept_id!r} at {folder} has hidden size {artifact.hidden_size} (base model "
-                f"{manifest.base_model_id!r}, fingerprint {manifest.base_fingerprint}), but the loaded base model "
-                f"{expected_base_model_id or 'unnamed'!r} has hidden size {expected_hidden_size}. Load base model "
-                f"{manifest.base_model_id!r}, or retrain the concept against the current base model."
-            )
+            raise _base_mismatch(manifest, folder, expected_base_model_id, "hidden size", artifact.hidden_size, expected_hidden_size)
         return artifact
+
+
+def _base_mismatch(
+    manifest: ConceptManifest, folder: str, loaded_model_id: str | None, what: str, trained: Any, loaded: Any
+) -> BaseModelMismatchError:
+    """The error for a concept whose base model differs from the loaded one in `what`: names both and the fix."""
+    trained_on = f"fingerprint {manifest.base_fingerprint}"
+    if what != "fingerprint":
+        trained_on += f", {what} {trained}"
+    return BaseModelMismatchError(
+        f"concept {manifest.concept_id!r} at {folder} was trained against base model {manifest.base_model_id!r} "
+        f"({trained_on}), but the loaded base model {loaded_model_id or 'unnamed'!r} has {what} {loaded}. Concept "
+        f"tokens only work with the exact weights they were trained on: load base model {manifest.base_model_id!r}, "
+        "or retrain the concept against the current base model."
+    )
 
 
 def _check_format_version(found: str, where: str) -> None:
