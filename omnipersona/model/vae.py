@@ -8,6 +8,9 @@ file unchanged. Latent scaling follows BAGEL: z = scale * (z_raw - shift); decod
 from __future__ import annotations
 
 import re
+import string
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL
@@ -19,59 +22,87 @@ _ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out"
 _ATTN_BACK = {v: k for k, v in _ATTN.items()}
 
 
-def _resnet_part(name: str) -> str:
-    return "conv_shortcut" if name == "nin_shortcut" else name
+def _same(value: str, levels: int) -> str:
+    return value
+
+
+def _flip(level: str, levels: int) -> str:
+    return str(levels - 1 - int(level))
+
+
+def _shortcut(old: str, new: str) -> Callable[[str, int], str]:
+    return lambda part, _: new if part == old else part
+
+
+@dataclass(frozen=True)
+class _Field:
+    """A `{name}` of `_KEYS`: what it matches on each side and how its value translates."""
+
+    bfl: str
+    diffusers: str
+    to_diffusers: Callable[[str, int], str] = _same
+    to_bfl: Callable[[str, int], str] = _same
+
+
+_FIELDS = {
+    "i": _Field(r"\d+", r"\d+"),
+    "j": _Field(r"\d+", r"\d+"),
+    "level": _Field(r"\d+", r"\d+", _flip, _flip),  # diffusers numbers decoder levels from the other end
+    "mid": _Field("[12]", r"\d", lambda v, _: str(int(v) - 1), lambda v, _: str(int(v) + 1)),
+    "resnet": _Field(r"\w+", r"\w+", _shortcut("nin_shortcut", "conv_shortcut"), _shortcut("conv_shortcut", "nin_shortcut")),
+    "attn": _Field(r"\w+", "|".join(map(re.escape, _ATTN_BACK)), lambda v, _: _ATTN[v], lambda v, _: _ATTN_BACK[v]),
+    "coder": _Field("encoder|decoder", "encoder|decoder"),
+    "p": _Field("weight|bias", "weight|bias"),
+}
+
+# (BFL key, diffusers key) of every weight the two name differently; one table serves both directions.
+_KEYS = (
+    ("encoder.down.{i}.block.{j}.{resnet}.{p}", "encoder.down_blocks.{i}.resnets.{j}.{resnet}.{p}"),
+    ("encoder.down.{i}.downsample.conv.{p}", "encoder.down_blocks.{i}.downsamplers.0.conv.{p}"),
+    ("decoder.up.{level}.block.{j}.{resnet}.{p}", "decoder.up_blocks.{level}.resnets.{j}.{resnet}.{p}"),
+    ("decoder.up.{level}.upsample.conv.{p}", "decoder.up_blocks.{level}.upsamplers.0.conv.{p}"),
+    ("{coder}.mid.block_{mid}.{resnet}.{p}", "{coder}.mid_block.resnets.{mid}.{resnet}.{p}"),
+    ("{coder}.mid.attn_1.{attn}.{p}", "{coder}.mid_block.attentions.0.{attn}.{p}"),
+    ("{coder}.norm_out.{p}", "{coder}.conv_norm_out.{p}"),
+)
+
+
+def _pattern(template: str, side: str) -> re.Pattern[str]:
+    regex = ""
+    for literal, name, _, _ in string.Formatter().parse(template):
+        regex += re.escape(literal)
+        if name:
+            regex += f"(?P<{name}>{getattr(_FIELDS[name], side)})"
+    return re.compile(regex)
+
+
+_PATTERNS = {side: [_pattern(pair[k], side) for pair in _KEYS] for k, side in enumerate(("bfl", "diffusers"))}
+
+
+def _rename(sd: dict[str, torch.Tensor], num_levels: int, to_diffusers: bool) -> dict[str, torch.Tensor]:
+    source, target = ("bfl", 1) if to_diffusers else ("diffusers", 0)
+    out = {}
+    for key, value in sd.items():
+        new = key
+        for pair, pattern in zip(_KEYS, _PATTERNS[source]):
+            if m := pattern.fullmatch(key):
+                fields = m.groupdict()
+                translate = {n: _FIELDS[n].to_diffusers if to_diffusers else _FIELDS[n].to_bfl for n in fields}
+                new = pair[target].format(**{n: translate[n](v, num_levels) for n, v in fields.items()})
+                if fields.get("attn") not in (None, "norm", "group_norm") and fields["p"] == "weight":
+                    # BFL's attention projections are 1x1 convs, diffusers' are linears.
+                    value = value.reshape(value.shape[:2] if to_diffusers else (*value.shape[:2], 1, 1))
+                break
+        out[new] = value
+    return out
 
 
 def bfl_to_diffusers(sd: dict[str, torch.Tensor], num_levels: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        new = key
-        if m := re.fullmatch(r"encoder\.down\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)", key):
-            new = f"encoder.down_blocks.{m[1]}.resnets.{m[2]}.{_resnet_part(m[3])}.{m[4]}"
-        elif m := re.fullmatch(r"encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)", key):
-            new = f"encoder.down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"
-        elif m := re.fullmatch(r"decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)", key):
-            new = f"decoder.up_blocks.{num_levels - 1 - int(m[1])}.resnets.{m[2]}.{_resnet_part(m[3])}.{m[4]}"
-        elif m := re.fullmatch(r"decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)", key):
-            new = f"decoder.up_blocks.{num_levels - 1 - int(m[1])}.upsamplers.0.conv.{m[2]}"
-        elif m := re.fullmatch(r"(encoder|decoder)\.mid\.block_([12])\.(\w+)\.(weight|bias)", key):
-            new = f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{_resnet_part(m[3])}.{m[4]}"
-        elif m := re.fullmatch(r"(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)", key):
-            new = f"{m[1]}.mid_block.attentions.0.{_ATTN[m[2]]}.{m[3]}"
-            if m[2] != "norm" and m[3] == "weight":
-                value = value.reshape(value.shape[0], value.shape[1])  # 1x1 conv -> linear
-        elif m := re.fullmatch(r"(encoder|decoder)\.norm_out\.(weight|bias)", key):
-            new = f"{m[1]}.conv_norm_out.{m[2]}"
-        out[new] = value
-    return out
+    return _rename(sd, num_levels, to_diffusers=True)
 
 
 def diffusers_to_bfl(sd: dict[str, torch.Tensor], num_levels: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        new = key
-        if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)", key):
-            part = "nin_shortcut" if m[3] == "conv_shortcut" else m[3]
-            new = f"encoder.down.{m[1]}.block.{m[2]}.{part}.{m[4]}"
-        elif m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
-            new = f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
-        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)", key):
-            part = "nin_shortcut" if m[3] == "conv_shortcut" else m[3]
-            new = f"decoder.up.{num_levels - 1 - int(m[1])}.block.{m[2]}.{part}.{m[4]}"
-        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key):
-            new = f"decoder.up.{num_levels - 1 - int(m[1])}.upsample.conv.{m[2]}"
-        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(\w+)\.(weight|bias)", key):
-            part = "nin_shortcut" if m[3] == "conv_shortcut" else m[3]
-            new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{part}.{m[4]}"
-        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)", key):
-            new = f"{m[1]}.mid.attn_1.{_ATTN_BACK[m[2]]}.{m[3]}"
-            if m[2] != "group_norm" and m[3] == "weight":
-                value = value.reshape(value.shape[0], value.shape[1], 1, 1)
-        elif m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(weight|bias)", key):
-            new = f"{m[1]}.norm_out.{m[2]}"
-        out[new] = value
-    return out
+    return _rename(sd, num_levels, to_diffusers=False)
 
 
 def infer_vae_config(bfl_sd: dict[str, torch.Tensor], base: VAEConfig | None = None) -> VAEConfig:
