@@ -31,6 +31,7 @@ from pipelines.register.concept_model import concept_pictures_prefix
 from pipelines.register.connection import MlflowConnection
 
 SUMMARY_FILE_NAMES = ("summary.json", "summary.md")
+_EXPERIMENTS_PER_SEARCH = 100  # experiment ids one search request carries
 
 
 class CannotPurge(RuntimeError):
@@ -71,6 +72,21 @@ class MlflowConceptRecords:
         """Every experiment, deleted ones included (their runs exist until `mlflow gc`)."""
         return [e.experiment_id for e in self._pages("list experiments", self.client.search_experiments, view_type=ViewType.ALL)]
 
+    def _search_everywhere(self, what: str, search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+        """Every result of `search(experiment_ids, ...)` over all experiments, page by page."""
+        experiments = self.experiment_ids()
+        for start in range(0, len(experiments), _EXPERIMENTS_PER_SEARCH):
+            yield from self._pages(what, search, experiments[start:start + _EXPERIMENTS_PER_SEARCH], **kwargs)
+
+    def _ignore_not_found(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, or None when MLflow says the record does not exist (already gone: every step can run again)."""
+        try:
+            return self.mlflow.call(what, fn, *args)
+        except MlflowException as e:
+            if _not_found(e):
+                return None
+            raise
+
     def _repository(self, artifact_uri: str):
         # mlflow-artifacts:/ URIs resolve through this connection's server, not a global tracking URI.
         return get_artifact_repository(artifact_uri, tracking_uri=self.mlflow.tracking_uri)
@@ -85,49 +101,28 @@ class MlflowConceptRecords:
     # ------------------------------------------------------------ the registered model
 
     def registered_model(self) -> list[Found]:
-        try:
-            self.mlflow.call("get registered model", self.client.get_registered_model, self.model_name)
-        except MlflowException as e:
-            if _not_found(e):
-                return []
-            raise
+        if self._ignore_not_found("get registered model", self.client.get_registered_model, self.model_name) is None:
+            return []
         versions = self.mlflow.call("list versions", self.client.search_model_versions, f"name = '{self.model_name}'")
         numbers = ", ".join(sorted((v.version for v in versions), key=int)) or "none"
         return [Found(f"registered model {self.model_name} (versions: {numbers})", self.model_name)]
 
     def delete_registered_model(self, found: Found) -> None:
-        try:
-            self.mlflow.call("delete registered model", self.client.delete_registered_model, found.ref)
-        except MlflowException as e:
-            if not _not_found(e):
-                raise
+        self._ignore_not_found("delete registered model", self.client.delete_registered_model, found.ref)
 
     # ------------------------------------------------------------ logged models
 
     def logged_models(self) -> list[Found]:
         """Active logged models tagged with the concept, and those behind its model versions."""
-        models: dict[str, Any] = {}
-        experiments = self.experiment_ids()
-        for start in range(0, len(experiments), 100):
-            for lm in self._pages("list logged models", self.client.search_logged_models, experiments[start:start + 100],
-                                  filter_string=names.logged_model_filter(self.concept)):
-                models[lm.model_id] = lm
-        try:
-            versions = self.mlflow.call("list versions", self.client.search_model_versions, f"name = '{self.model_name}'")
-        except MlflowException as e:
-            if not _not_found(e):
-                raise
-            versions = []
+        models = {lm.model_id: lm for lm in self._search_everywhere(
+            "list logged models", self.client.search_logged_models, filter_string=names.logged_model_filter(self.concept))}
+        versions = self._ignore_not_found(
+            "list versions", self.client.search_model_versions, f"name = '{self.model_name}'") or []
         from pipelines.register.registry import version_model_id
 
         for model_id in {version_model_id(v) for v in versions} - {None} - set(models):
-            try:
-                lm = self.mlflow.call("get logged model", self.client.get_logged_model, model_id)
-            except MlflowException as e:
-                if _not_found(e):
-                    continue
-                raise
-            if lm.lifecycle_stage != "deleted":
+            lm = self._ignore_not_found("get logged model", self.client.get_logged_model, model_id)
+            if lm is not None and lm.lifecycle_stage != "deleted":
                 models[model_id] = lm
         return [Found(f"logged model {mid} ({lm.artifact_location})", (mid, lm.artifact_location))
                 for mid, lm in sorted(models.items())]
@@ -136,60 +131,41 @@ class MlflowConceptRecords:
         """Its files first, then the soft delete: a model found again still has files to remove."""
         model_id, location = found.ref
         self._repository(location).delete_artifacts()
-        try:
-            self.mlflow.call("delete logged model", self.client.delete_logged_model, model_id)
-        except MlflowException as e:
-            if not _not_found(e):
-                raise
+        self._ignore_not_found("delete logged model", self.client.delete_logged_model, model_id)
 
     # ------------------------------------------------------------ registration runs
 
     def concept_runs(self) -> list[Found]:
         """The concept's registration runs: active ones, and deleted ones that still have files."""
-        experiments = self.experiment_ids()
         out = []
-        for start in range(0, len(experiments), 100):
-            for run in self._pages("list runs", self.client.search_runs, experiments[start:start + 100],
-                                   filter_string=names.concept_run_filter(self.concept), run_view_type=ViewType.ALL):
-                deleted = run.info.lifecycle_stage == "deleted"
-                if deleted and not self._has_files(run.info.run_id):
-                    continue  # purged; its rows wait for `mlflow gc`
-                parent = run.data.tags.get("mlflow.parentRunId", "none")
-                out.append(Found(f"run {run.info.run_id} (registration run, parent {parent}{', deleted' if deleted else ''})",
-                                 (run.info.run_id, run.info.artifact_uri, deleted)))
+        for run in self._search_everywhere("list runs", self.client.search_runs,
+                                           filter_string=names.concept_run_filter(self.concept), run_view_type=ViewType.ALL):
+            deleted = run.info.lifecycle_stage == "deleted"
+            if deleted and not self._has_files(run.info.run_id):
+                continue  # purged; its rows wait for `mlflow gc`
+            parent = run.data.tags.get("mlflow.parentRunId", "none")
+            out.append(Found(f"run {run.info.run_id} (registration run, parent {parent}{', deleted' if deleted else ''})",
+                             (run.info.run_id, run.info.artifact_uri, deleted)))
         return out
 
     def purge_run(self, found: Found) -> None:
         run_id, artifact_uri, deleted = found.ref
         self._repository(artifact_uri).delete_artifacts()
         if not deleted:
-            try:
-                self.mlflow.call("delete run", self.client.delete_run, run_id)
-            except MlflowException as e:
-                if not _not_found(e):
-                    raise
+            self._ignore_not_found("delete run", self.client.delete_run, run_id)
 
     def deleted_concept_runs(self) -> list[str]:
         """Soft-deleted registration runs of the concept: their rows wait for `mlflow gc`."""
-        experiments = self.experiment_ids()
-        out = []
-        for start in range(0, len(experiments), 100):
-            out += [r.info.run_id for r in self._pages("list runs", self.client.search_runs, experiments[start:start + 100],
-                                                        filter_string=names.concept_run_filter(self.concept),
-                                                        run_view_type=ViewType.DELETED_ONLY)]
-        return sorted(out)
+        return sorted(r.info.run_id for r in self._search_everywhere(
+            "list runs", self.client.search_runs, filter_string=names.concept_run_filter(self.concept),
+            run_view_type=ViewType.DELETED_ONLY))
 
     # ------------------------------------------------------------ job runs
 
     def job_runs(self) -> list[Any]:
         """Every run that is not a registration run (job runs, whatever their tags)."""
-        experiments = self.experiment_ids()
-        runs = []
-        for start in range(0, len(experiments), 100):
-            runs += [r for r in self._pages("list runs", self.client.search_runs, experiments[start:start + 100],
-                                            run_view_type=ViewType.ALL)
-                     if names.RUN_TAG_TENANT not in r.data.tags]
-        return runs
+        return [r for r in self._search_everywhere("list runs", self.client.search_runs, run_view_type=ViewType.ALL)
+                if names.RUN_TAG_TENANT not in r.data.tags]
 
     def _walk(self, run_id: str, path: str | None = None) -> Iterator[str]:
         """The run's file paths; other concepts' legacy picture folders are not walked."""
