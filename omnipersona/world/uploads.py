@@ -85,8 +85,11 @@ def _json(model: BaseModel) -> bytes:
     return (json.dumps(model.model_dump(mode="json"), indent=2) + "\n").encode()
 
 
-def _check_names(concepts_by_tenant: ConceptsByTenant) -> list[WorldConcept]:
-    everyone: list[WorldConcept] = []
+def _destinations(
+    concepts_by_tenant: ConceptsByTenant, root: str | Path, filesystem: pafs.FileSystem | None
+) -> tuple[pafs.FileSystem, str, list[tuple[WorldConcept, str]]]:
+    """Where the writers put each concept, once every name passes ingest's rules: (filesystem, base
+    path, [(concept, `<base>/<tenant>/<concept>`), ...])."""
     for tenant, concepts in concepts_by_tenant.items():
         check_name(tenant, "tenant")
         for concept in concepts:
@@ -94,8 +97,9 @@ def _check_names(concepts_by_tenant: ConceptsByTenant) -> list[WorldConcept]:
         names = [c.name for c in concepts]
         if len(set(names)) != len(names):
             raise ValueError(f"tenant {tenant!r} has duplicate concept names")
-        everyone.extend(concepts)
-    return everyone
+    fs, base = resolve_filesystem(root, filesystem)
+    dirs = [(c, posixpath.join(base, tenant, c.name)) for tenant, concepts in concepts_by_tenant.items() for c in concepts]
+    return fs, base, dirs
 
 
 def write_concept_upload(
@@ -131,21 +135,16 @@ def write_uploads(
     options: UploadOptions = UploadOptions(),
 ) -> list[str]:
     """Every concept as `<root>/<tenant>/<concept>/...` plus the shared negative pool; returns concept dirs."""
-    everyone = _check_names(concepts_by_tenant)
-    fs, base = resolve_filesystem(root, filesystem)
-    written = []
-    for tenant, concepts in concepts_by_tenant.items():
-        for concept in concepts:
-            concept_dir = posixpath.join(base, tenant, concept.name)
-            write_concept_upload(concept, fs, concept_dir, options)
-            written.append(concept_dir)
+    fs, base, targets = _destinations(concepts_by_tenant, root, filesystem)
+    for concept, concept_dir in targets:
+        write_concept_upload(concept, fs, concept_dir, options)
     # Pool negatives differ from every concept in >= 2 visible attributes: never a look-alike.
     pool_seed = seeds.derive_seed(options.pool_seed, seeds.POOL)
-    pool = random_objects_unlike([c.spec for c in everyone], options.pool_negatives, options.size, pool_seed)
+    pool = random_objects_unlike([c.spec for c, _ in targets], options.pool_negatives, options.size, pool_seed)
     for i, negative in enumerate(pool):
         path = posixpath.join(base, layout.POOL_DIR, IMAGES_DIR, layout.image_name(i))
         _write_bytes(fs, path, _png(negative.image))
-    return written
+    return [concept_dir for _, concept_dir in targets]
 
 
 def write_eval_set(
@@ -208,15 +207,11 @@ def write_eval_sets(
     options: EvalSetWriteOptions = EvalSetWriteOptions(),
 ) -> list[str]:
     """Every concept's held-out set as `<eval_root>/<tenant>/<concept>/...`; returns concept dirs."""
-    everyone = _check_names(concepts_by_tenant)
-    fs, base = resolve_filesystem(eval_root, filesystem)
-    written = []
-    for tenant, concepts in concepts_by_tenant.items():
-        for concept in concepts:
-            concept_dir = posixpath.join(base, tenant, concept.name)
-            write_eval_set(concept, fs, concept_dir, options, avoid=everyone)
-            written.append(concept_dir)
-    return written
+    fs, _, targets = _destinations(concepts_by_tenant, eval_root, filesystem)
+    everyone = [concept for concept, _ in targets]
+    for concept, concept_dir in targets:
+        write_eval_set(concept, fs, concept_dir, options, avoid=everyone)
+    return [concept_dir for _, concept_dir in targets]
 
 
 def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
