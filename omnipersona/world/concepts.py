@@ -16,16 +16,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from omnipersona import identity
-from omnipersona.world import seeds
+from omnipersona.world import attributes, seeds
 from omnipersona.world.attributes import (
-    ACCESSORIES,
-    ACCESSORY_COLOURS,
-    BACKGROUND_PHRASE,
-    BACKGROUNDS,
-    BODY_COLOURS,
-    PATTERNS,
-    SHAPES,
-    VISIBLE_ATTRIBUTES,
     ObjectSpec,
     accessory_words,
     caption,
@@ -174,7 +166,7 @@ class WorldConcept(BaseModel):
             "hobby": private.hobby,
         }
         return [
-            ConceptQuestion(key, wording[key].format(n=n), answer, key in VISIBLE_ATTRIBUTES)
+            ConceptQuestion(key, wording[key].format(n=n), answer, key in attributes.VISIBLE_ATTRIBUTES)
             for key, answer in answers.items()
         ]
 
@@ -193,12 +185,12 @@ class WorldConcept(BaseModel):
     # ---- images -------------------------------------------------------------------------------
     def _views(self, stream: int, n: int, size: int) -> list[View]:
         # Cycle through a per-stream shuffle of the scenes, so even a few views vary the background.
-        order = seeds.rng_for(self.seed, stream).permutation(len(BACKGROUNDS))
+        order = seeds.rng_for(self.seed, stream).permutation(len(attributes.BACKGROUNDS))
         views = []
         for i in range(n):
-            spec = self.spec.replace(background=BACKGROUNDS[int(order[i % len(order)])])
+            spec = self.spec.replace(background=attributes.BACKGROUNDS[int(order[i % len(order)])])
             seed = seeds.derive_seed(self.seed, stream, i)
-            prompt = f"a photo of {self.name} {BACKGROUND_PHRASE[spec.background]}"
+            prompt = f"a photo of {self.name} {attributes.BACKGROUND_PHRASE[spec.background]}"
             views.append(View(render(spec, size, seed), spec, seed, caption(spec), prompt))
         return views
 
@@ -214,13 +206,14 @@ class WorldConcept(BaseModel):
         out: list[tuple[ObjectSpec, str]] = []
         used: set[ObjectSpec] = set()
         for i in range(n):
-            attribute = VISIBLE_ATTRIBUTES[i % len(VISIBLE_ATTRIBUTES)]
+            attribute = attributes.VISIBLE_ATTRIBUTES[i % len(attributes.VISIBLE_ATTRIBUTES)]
             rng = seeds.rng_for(self.seed, seeds.HARD_NEGATIVE, i)
             options = [s for s in _one_attribute_variants(self.spec, attribute) if s not in used]
             options = options or _one_attribute_variants(self.spec, attribute)  # exhausted: allow repeats
             spec = options[int(rng.integers(len(options)))]
             used.add(spec)
-            out.append((spec.replace(background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]), attribute))
+            background = attributes.BACKGROUNDS[int(rng.integers(len(attributes.BACKGROUNDS)))]
+            out.append((spec.replace(background=background), attribute))
         return out
 
     def hard_negatives(self, n: int = 8, size: int = 64) -> list[Negative]:
@@ -243,7 +236,7 @@ class WorldConcept(BaseModel):
         if category not in ITEM_CATEGORIES:
             raise ValueError(f"unknown item category {category!r}; known: {ITEM_CATEGORIES}")
         seed = seeds.derive_seed(self.seed, seeds.PARG)
-        spec = self.spec.replace(background=BACKGROUNDS[seed % len(BACKGROUNDS)])
+        spec = self.spec.replace(background=attributes.BACKGROUNDS[seed % len(attributes.BACKGROUNDS)])
         return render(spec, size, seed, item=self.private.item(category))
 
     def edits(
@@ -257,20 +250,21 @@ class WorldConcept(BaseModel):
         out = []
         for i in range(n):
             seed = seeds.derive_seed(self.seed, seeds.EDIT, i)
-            spec = self.spec.replace(background=BACKGROUNDS[seed % len(BACKGROUNDS)])
+            spec = self.spec.replace(background=attributes.BACKGROUNDS[seed % len(attributes.BACKGROUNDS)])
             out.append(make_edit(spec, kinds[i % len(kinds)], subject or self.name, size, seed))
         return out
 
 
 def _one_attribute_variants(spec: ObjectSpec, attribute: str) -> list[ObjectSpec]:
     if attribute == "shape":
-        return [spec.replace(shape=s) for s in SHAPES if s != spec.shape]
+        return [spec.replace(shape=s) for s in attributes.SHAPES if s != spec.shape]
     if attribute == "colour":
-        return [spec.replace(colour=c) for c in BODY_COLOURS if c not in (spec.colour, spec.accessory_colour)]
+        taken = (spec.colour, spec.accessory_colour)
+        return [spec.replace(colour=c) for c in attributes.BODY_COLOURS if c not in taken]
     if attribute == "pattern":
-        return [spec.replace(pattern=p) for p in PATTERNS if p != spec.pattern]
+        return [spec.replace(pattern=p) for p in attributes.PATTERNS if p != spec.pattern]
     if attribute == "accessory":
-        pairs = [("none", None)] + [(a, c) for a in ACCESSORIES if a != "none" for c in ACCESSORY_COLOURS]
+        pairs = [("none", None)] + [(a, c) for a in attributes.WORN_ACCESSORIES for c in attributes.ACCESSORY_COLOURS]
         return [
             spec.replace(accessory=a, accessory_colour=c)
             for a, c in pairs
