@@ -31,18 +31,9 @@ BACKGROUNDS: tuple[str, ...] = get_args(Background)
 VISIBLE_ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "pattern", "accessory")
 
 RGB: dict[str, tuple[int, int, int]] = {
-    "red": (210, 50, 45),
-    "orange": (240, 140, 30),
-    "yellow": (240, 210, 40),
-    "green": (60, 160, 70),
-    "teal": (30, 150, 150),
-    "blue": (45, 90, 200),
-    "purple": (130, 70, 180),
-    "pink": (240, 130, 180),
-    "brown": (130, 85, 50),
-    "grey": (130, 130, 135),
-    "black": (30, 30, 35),
-    "white": (245, 245, 245),
+    "red": (210, 50, 45), "orange": (240, 140, 30), "yellow": (240, 210, 40), "green": (60, 160, 70),
+    "teal": (30, 150, 150), "blue": (45, 90, 200), "purple": (130, 70, 180), "pink": (240, 130, 180),
+    "brown": (130, 85, 50), "grey": (130, 130, 135), "black": (30, 30, 35), "white": (245, 245, 245),
 }
 
 # Where the object is: a phrase that ends a caption, and a noun phrase for edit instructions.
