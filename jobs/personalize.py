@@ -26,6 +26,9 @@ log = logging.getLogger("omnipersona.job")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="job YAML (see docs/job-config.md); OMNIPERSONA_* env vars override it")
     parser.add_argument("--job-id", help="override the job id (default: derived from snapshot, recipe and base)")
+    parser.add_argument("--validate", action="store_true",
+                        help="only check the config and reach every store and service (seconds; nothing is written "
+                             "but a probe object that is removed again); exit 0 when the job could run")
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,13 +39,25 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args) -> int:
-    from pipelines.config import JobConfig
+    from pipelines.preflight import PreflightError, endpoint_problems, load_config
+
+    # Before torch, Ray or MLflow load: a bad config or a store that is down fails in seconds.
+    try:
+        cfg = load_config(args.config, job_id=args.job_id)
+        problems = endpoint_problems(cfg)
+    except PreflightError as e:
+        problems = e.problems
+    for problem in problems:
+        print(f"omnipersona personalize: {problem}", file=sys.stderr, flush=True)
+    if problems:
+        return EXIT_JOB_FAILED
+    if args.validate:
+        print(f"{args.config}: config valid; uploads, artifact stores, MLflow and the base model answer", flush=True)
+        return EXIT_OK
+
     from pipelines.personalize import run_job
 
     try:
-        cfg = JobConfig.from_yaml(args.config)
-        if args.job_id:
-            cfg = cfg.model_copy(update={"job_id": args.job_id})
         summary = run_job(cfg)
     except Exception:  # noqa: BLE001 - the process's answer is its exit code; the traceback is logged
         log.exception("the job could not run")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("status", parents=[common], help="summary (or state) of a job")
     s.add_argument("job_id", help="the job id the job printed at start (or `--job-id` given to personalize)")
     s.add_argument("--config", required=True, help="the job YAML (its stores hold the summaries)")
+    s.add_argument("--json", action="store_true", help="print one JSON object (job id, state, every run's summary) instead")
     s.set_defaults(fn=run)
 
 
@@ -21,6 +23,14 @@ def run(args) -> int:
     paths = JobPaths.of(cfg, args.job_id)
     fs, runs_dir = filesystem_for(paths.runs, cfg.storage)
     summaries = read_run_summaries(fs, runs_dir)
+    if args.json:
+        state = "unknown"
+        if summaries:
+            state = "complete" if summaries[-1].complete else "incomplete"
+        elif fs.get_file_info(filesystem_for(paths.quarantine, cfg.storage)[1]).type.name == "File":
+            state = "running"
+        print(json.dumps({"job_id": args.job_id, "state": state, "runs": [s.model_dump(mode="json") for s in summaries]}))
+        return 1 if state == "unknown" else 0
     if summaries:
         print(f"job {args.job_id}: {len(summaries)} run(s)\n")
         print(runs_table(summaries))

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from omnipersona.evaluation.metric_names import unknown_metric
 from omnipersona.evaluation.plugins import check_plugin
 from pipelines.evaluate.gate import Gate
 from pipelines.ingest.config import IngestConfig
@@ -121,6 +122,19 @@ class JobConfig(BaseSettings):
             raise ValueError("gate.minimum_gains needs untrained-token baselines, which the job does not compute: "
                              "bound the metrics with gate.minimums / gate.maximums")
         return gate
+
+    @model_validator(mode="after")
+    def _gate_metrics_exist(self) -> "JobConfig":
+        """A misspelt gate metric would only show after training, as every concept failing the gate."""
+        problems = []
+        for bound in ("minimums", "maximums"):
+            for name in getattr(self.gate, bound):
+                why = unknown_metric(name, self.evaluation.eval_sets_uri is not None, self.evaluation.judge)
+                if why:
+                    problems.append(f"gate.{bound}.{name}: {why}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @classmethod
     def settings_customise_sources(

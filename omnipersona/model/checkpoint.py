@@ -29,11 +29,10 @@ from safetensors.torch import load_file, save_file
 
 from .bagel import Bagel
 from .config import BagelConfig, LLMConfig, ViTConfig
+from .release_files import AE, BAGEL_CONFIG, EMA, LLM_CONFIG, TOKENIZER_FILES, VIT_CONFIG, missing_release_files
 from .tokenizer import SpecialTokens, load_tokenizer
 from .vae import FluxVAE, infer_vae_config
 
-LLM_CONFIG, VIT_CONFIG, BAGEL_CONFIG = "llm_config.json", "vit_config.json", "bagel_config.json"
-EMA, AE = "ema.safetensors", "ae.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -104,9 +103,6 @@ def _localize(path: str, filesystem=None) -> str:
 
 
 def _read_configs(folder: Path, ema_shapes: dict[str, tuple]) -> BagelConfig:
-    for name in (LLM_CONFIG, VIT_CONFIG):
-        if not (folder / name).exists():
-            raise CheckpointError(f"{folder}: missing {name}; a BAGEL checkpoint folder needs {LLM_CONFIG}, {VIT_CONFIG}, {EMA}, {AE} and tokenizer files")
     llm = LLMConfig.from_json_file(folder / LLM_CONFIG)
     # BAGEL's loader overrides these three whatever the file says.
     llm.qk_norm, llm.tie_word_embeddings, llm.layer_module = True, False, "Qwen2MoTDecoderLayer"
@@ -139,15 +135,16 @@ def load_bagel(path: str, device: str | torch.device = "cpu", dtype: torch.dtype
     model's placement and dtype (`device` / `dtype` apply to the VAE).
     """
     folder = Path(_localize(path, filesystem))
-    if not (folder / EMA).exists():
-        raise CheckpointError(f"{path}: missing {EMA}")
+    if not folder.is_dir():
+        raise CheckpointError(f"base model folder {path} does not exist: point model.uri at a BAGEL checkpoint folder")
+    missing = missing_release_files((f.name for f in folder.iterdir()), need_tokenizer=False)
+    if missing:
+        raise CheckpointError(f"{path} is not a BAGEL checkpoint folder: missing {', '.join(missing)}")
     with safe_open(folder / EMA, "pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     cfg = _read_configs(folder, shapes)
 
-    ae_state = load_file(folder / AE) if (folder / AE).exists() else None
-    if ae_state is None:
-        raise CheckpointError(f"{path}: missing {AE}")
+    ae_state = load_file(folder / AE)
     cfg = cfg.model_copy(update={"vae": infer_vae_config(ae_state, cfg.vae)})
 
     # On meta (the file's tensors are assigned below), or under the caller's partitioning context.
@@ -183,7 +180,7 @@ def load_bagel(path: str, device: str | torch.device = "cpu", dtype: torch.dtype
     vae = vae.to(device=device, dtype=dtype).eval()
 
     # The weights load without tokenizer files (e.g. a bare converted checkpoint); text needs them.
-    has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    has_tokenizer = any((folder / f).exists() for f in TOKENIZER_FILES)
     tokenizer, special = load_tokenizer(folder) if has_tokenizer else (None, None)
     return LoadedBagel(model.eval(), vae, tokenizer, special, cfg, fingerprint, str(path))
 

@@ -50,6 +50,10 @@ class IngestConfig(BaseModel):
 
     uploads_uri: str = Field(description="Root holding <tenant>/<concept>/{concept.json, images/...}.")
     negatives_uri: str | None = Field(default=None, description="Shared pool of negative images.")
+    allow_empty: bool = Field(
+        default=False, description="Let a job whose uploads prefix is empty or missing run (and train nothing) "
+        "instead of failing its preflight."
+    )
     include: list[str] | None = Field(
         default=None, description='Only these concept keys ("tenant/concept"); None = all.'
     )

@@ -195,6 +195,11 @@ def test_oracle_scores_one_and_a_silent_model_scores_chance(concept):
                 "text_qa_visible", "text_qa_private"):
         assert best[key] == pytest.approx(1.0), key
     assert 0.0 < best["clip_i"] <= 1.0
+    # A job config may gate on exactly what the harness with the world judge computes.
+    from omnipersona.evaluation.metric_names import known_metrics, unknown_metric
+    assert [k for k in best if unknown_metric(k, eval_sets=True, judge="world")] == []
+    names, _ = known_metrics(eval_sets=True, judge="world")
+    assert names <= set(best), names - set(best)
     worst = evaluate_concept(SilentPersona(es, probe), es, probe)
     assert worst["recognition_accuracy"] == pytest.approx(0.5)
     assert worst["text_qa_accuracy"] == 0.0 and worst["vqa_accuracy"] == 0.0

@@ -127,6 +127,9 @@ def test_held_out_checks_of_the_built_in_tasks():
         "vqa_accuracy": 1.0,  # 2 of 3
         "text_qa_accuracy": 0.75,  # "maeve", "toy", "kite" all said (1), then 2 of 3 (0.5)
     })
+    # What a job config may gate on (checked when the config is read) covers what the checks compute.
+    from omnipersona.evaluation.metric_names import HELDOUT, RECOGNITION
+    assert set(metrics) | {"recognition_hard_negative"} <= set(HELDOUT) and set(RECOGNITION) <= set(HELDOUT)
     assert len(seen) == 4 + 2 + 2
 
 
