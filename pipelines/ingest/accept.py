@@ -15,16 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from omnipersona.concepts.upload_schema import (
-    CONCEPT_JSON,
-    EDITS_DIR,
-    IMAGES_DIR,
-    NEGATIVES_DIR,
-    ConceptDescription,
-    ConceptDescriptionError,
-    DisplayNameError,
-    parse_concept_json,
-)
+from omnipersona.concepts import upload_schema
+from omnipersona.concepts.upload_schema import EDITS_DIR, IMAGES_DIR, NEGATIVES_DIR
 from omnipersona.identity import ConceptId
 from pipelines.ingest.augment import rng_for
 from pipelines.ingest.config import IngestConfig
@@ -71,7 +63,7 @@ class Validated:
 
 @dataclass
 class Selection:
-    descriptions: dict[ConceptId, ConceptDescription] = field(default_factory=dict)
+    descriptions: dict[ConceptId, upload_schema.ConceptDescription] = field(default_factory=dict)
     candidates: list[Candidate] = field(default_factory=list)
     rows: list[QuarantineRow] = field(default_factory=list)
 
@@ -98,11 +90,11 @@ def _listing_problem(obj: SnapshotObject, cfg: IngestConfig) -> tuple[Reason, st
     return None
 
 
-def _read_description(fs, c: ConceptSnapshot, cfg: IngestConfig) -> ConceptDescription | QuarantineRow:
-    obj = c.get(CONCEPT_JSON)
+def _read_description(fs, c: ConceptSnapshot, cfg: IngestConfig) -> upload_schema.ConceptDescription | QuarantineRow:
+    obj = c.get(upload_schema.CONCEPT_JSON)
 
     def reject(reason: Reason, message: str) -> QuarantineRow:
-        return _row("uploads", c.id, f"{c.concept_key}/{CONCEPT_JSON}", reason, message)
+        return _row("uploads", c.id, f"{c.concept_key}/{upload_schema.CONCEPT_JSON}", reason, message)
 
     if obj is None:
         return reject(Reason.MISSING_CONCEPT_JSON, "the concept folder has no concept.json")
@@ -113,10 +105,10 @@ def _read_description(fs, c: ConceptSnapshot, cfg: IngestConfig) -> ConceptDescr
     except OSError as exc:
         return reject(Reason.READ_ERROR, f"cannot read concept.json: {exc}")
     try:
-        return parse_concept_json(data, max_bytes=cfg.limits.max_concept_json_bytes)
-    except DisplayNameError as exc:
+        return upload_schema.parse_concept_json(data, max_bytes=cfg.limits.max_concept_json_bytes)
+    except upload_schema.DisplayNameError as exc:
         return reject(Reason.BAD_DISPLAY_NAME, str(exc))
-    except ConceptDescriptionError as exc:
+    except upload_schema.ConceptDescriptionError as exc:
         return reject(Reason.BAD_CONCEPT_JSON, str(exc))
     except Exception as exc:  # a reader bug must not stop the job on one user's file: refuse it, loudly
         log.exception("unexpected error parsing %s", obj.path)
