@@ -114,6 +114,40 @@ def parse_model_uri(uri: str) -> ConceptModelRef:
     return ConceptModelRef(m["prefix"], ConceptId(m["tenant"], m["concept"]), m["alias"], version)
 
 
+# Any standard MLflow model URI: a registered model version (by alias or number) or a logged model.
+# MLflow registered model names hold neither '/' nor '@' here (both would make the URI ambiguous).
+_REGISTERED_NAME = r"[^/@\s]+"
+_ANY_MODEL_URI = re.compile(
+    rf"models:/(?:(?P<model_id>m-[0-9a-f]{{32}})|(?P<name>{_REGISTERED_NAME})(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[0-9]+)))"
+)
+
+
+@dataclass(frozen=True)
+class ModelUri:
+    """A parsed standard MLflow model URI, one of
+    `models:/<name>@<alias>`, `models:/<name>/<version>` (a registered model version) or
+    `models:/m-<logged model id>` (a logged model)."""
+
+    uri: str
+    name: str | None = None
+    alias: str | None = None
+    version: int | None = None
+    model_id: str | None = None
+
+
+def parse_any_model_uri(uri: str) -> ModelUri:
+    """Parse any standard MLflow model URI; `ValueError` listing the accepted forms when it is not one.
+    (Whether it holds a concept is only known once it is resolved: see pipelines.inference.)"""
+    m = _ANY_MODEL_URI.fullmatch(uri) if isinstance(uri, str) else None
+    if not m:
+        raise ValueError(
+            f"{uri!r} is not an MLflow model URI; expected models:/<name>@<alias>, models:/<name>/<version> or "
+            "models:/m-<logged model id>, e.g. models:/omnipersona.acme.maeve@champion"
+        )
+    version = int(m["version"]) if m["version"] is not None else None
+    return ModelUri(uri, name=m["name"], alias=m["alias"], version=version, model_id=m["model_id"])
+
+
 def parse_model_name(name: str) -> tuple[str, ConceptId]:
     """`omnipersona.acme.maeve` -> (`omnipersona`, `ConceptId("acme", "maeve")`)."""
     parts = name.split(".") if isinstance(name, str) else []

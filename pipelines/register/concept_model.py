@@ -5,10 +5,16 @@ The registration run is a child of the job run (tag ``mlflow.parentRunId``): one
 concept, so per-concept metrics never overwrite each other on the job run, and deleting a concept
 deletes exactly its runs. Nothing that outlives the run names the concept: its MLflow dataset (a
 row MLflow keeps after ``mlflow gc``) gets an opaque random name and the uploads root as source;
-the concept's upload folder and the dataset name are tags of the run."""
+the concept's upload folder and the dataset name are tags of the run.
+
+The logged model is defined by code (MLflow models-from-code): `serving.py` beside this file is the
+model, copied into the package; the package holds no pickle. `predict` answers understand /
+generate / edit requests for the concept on the base model recorded in its model config."""
 from __future__ import annotations
 
+import base64
 import importlib.metadata
+import io
 import logging
 import re
 import tempfile
@@ -19,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
+from packaging.version import Version
 from PIL import Image
 
 from omnipersona.concepts.artifact import MANIFEST_FILE, TENSORS_FILE, ConceptArtifact
@@ -37,23 +46,94 @@ CONCEPT_ARTIFACT_KEY = "concept"  # the pyfunc artifact holding the concept fold
 IMAGE_NAME_PATTERN = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-class ConceptArtifactModel(mlflow.pyfunc.PythonModel):
-    """Pyfunc wrapper that carries a concept artifact folder; it holds tokens, not a runnable model.
+SERVING_CODE = Path(__file__).with_name("serving.py")  # the model, defined by code
+# The model config recorded at log time; `predict`'s params of the same names override it.
+SERVING_DEFAULTS = {"base_model_uri": "", "image_size": 64, "sampling_steps": 50, "replay": True}
 
-    ``predict`` answers with the concept's manifest (JSON); generation needs the base model and
-    ``omnipersona.infer``. ``load_context`` validates the artifact on load.
-    """
 
-    def load_context(self, context) -> None:
-        self.artifact = ConceptArtifact.load(context.artifacts[CONCEPT_ARTIFACT_KEY])
+def serving_config(base_model_uri: str | None) -> dict[str, Any]:
+    """The model config of a concept's served model: the job's base model (where it was trained)."""
+    return {**SERVING_DEFAULTS, "base_model_uri": base_model_uri or ""}
 
-    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
-        return [self.artifact.manifest.to_json() for _ in model_input]
+
+def serving_signature(config: dict[str, Any]) -> ModelSignature:
+    """Requests (task, prompt, optional base64 picture) -> answers; params default to the model config."""
+    kinds = {str: "string", int: "long", bool: "boolean"}
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "task"), ColSpec("string", "prompt"), ColSpec("string", "image", required=False)]),
+        outputs=Schema([
+            ColSpec("string", "answer", required=False),
+            ColSpec("double", "yes_probability", required=False),
+            ColSpec("string", "image", required=False),
+            ColSpec("string", "prompt_used", required=False),
+        ]),
+        params=ParamSchema([ParamSpec(key, kinds[type(value)], value) for key, value in config.items()]),
+    )
+
+
+def serving_example(display_name: str) -> pd.DataFrame:
+    """One request of each task (a small grey PNG for the picture)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(buffer, format="PNG")
+    picture = base64.b64encode(buffer.getvalue()).decode("ascii")
+    name = f"<{display_name}>"
+    return pd.DataFrame([
+        {"task": "understand", "prompt": f"Is {name} in this image?", "image": picture},
+        {"task": "generate", "prompt": f"A photo of {name} on a beach.", "image": ""},
+        {"task": "edit", "prompt": f"Put {name} on the sofa.", "image": picture},
+    ])
+
+
+def _pin(package: str) -> str:
+    # The public version: a local build tag (torch 2.13.0+cpu) names no installable release.
+    return f"{package}=={Version(importlib.metadata.version(package)).public}"
 
 
 def _pip_requirements() -> list[str]:
-    # Explicit (no inference): what reading the artifact needs.
-    return [f"{package}=={importlib.metadata.version(package)}" for package in ("mlflow", "torch", "safetensors", "pydantic")]
+    # Explicit (no inference): omnipersona brings the code the model runs and pins the rest.
+    return [_pin(package) for package in ("omnipersona", "mlflow", "torch")]
+
+
+def concept_folder(model_dir: str | Path) -> Path:
+    """The concept artifact folder inside a downloaded concept model package; `ValueError` when the
+    package is not an OmniPersona concept model."""
+    flavors = Model.load(Path(model_dir)).flavors
+    artifacts = flavors.get("python_function", {}).get("artifacts", {})
+    if CONCEPT_ARTIFACT_KEY not in artifacts:
+        raise ValueError(f"the model at {model_dir} is not an OmniPersona concept model (no '{CONCEPT_ARTIFACT_KEY}' artifact)")
+    return Path(model_dir) / artifacts[CONCEPT_ARTIFACT_KEY]["path"]
+
+
+def recorded_config(model_dir: str | Path) -> dict[str, Any]:
+    """The model config a concept model package recorded at log time (its base model among others)."""
+    return dict(Model.load(Path(model_dir)).flavors.get("python_function", {}).get("config") or {})
+
+
+def _save_package(package: Path, local_dir: Path, artifact: ConceptArtifact, mlflow_model: Model,
+                  base_model_uri: str | None) -> None:
+    m = artifact.manifest
+    config = serving_config(base_model_uri)
+    mlflow.pyfunc.save_model(
+        path=str(package),
+        python_model=str(SERVING_CODE),
+        artifacts={CONCEPT_ARTIFACT_KEY: str(local_dir)},
+        model_config=config,
+        signature=serving_signature(config),
+        input_example=serving_example(m.display_name),
+        pip_requirements=_pip_requirements(),
+        metadata={"concept_id": m.concept_id, "format_version": m.format_version},
+        mlflow_model=mlflow_model,
+    )
+    # MLflow records where things were copied from: the code file by absolute path (a Ray working
+    # dir under /tmp on the cluster) and the artifact's staging folder. Loading reads only the code
+    # file's name and the artifact's path inside the package, and a code model pickles nothing, so
+    # keep the package free of this machine's paths and of pickle settings.
+    pyfunc = mlflow_model.flavors["python_function"]
+    pyfunc["model_code_path"] = SERVING_CODE.name
+    pyfunc.pop("cloudpickle_version", None)
+    for entry in pyfunc.get("artifacts", {}).values():
+        entry.pop("uri", None)
+    mlflow_model.save(str(package / "MLmodel"))
 
 
 def concept_tags(artifact: ConceptArtifact) -> dict[str, str]:
@@ -96,10 +176,12 @@ def log_concept_model(
     metrics: dict[str, float],
     images: dict[str, Image.Image],
     data_uri: str | None,
+    base_model_uri: str | None = None,
 ) -> LoggedConcept:
     """The LoggedModel of this artifact: reused when an earlier attempt finished logging it
     (exported and logged, but never registered), else logged now in a new registration run under
-    the job run ``job_run_id``."""
+    the job run ``job_run_id``. ``base_model_uri`` (the job's ``model.uri``) is recorded in the
+    model config: the base `predict` loads unless its params name another."""
     m = artifact.manifest
     client = mlflow_.client
     existing = mlflow_.call("find logged model", find_logged_model, mlflow_, artifact)
@@ -112,7 +194,8 @@ def log_concept_model(
     experiment_id = mlflow_.call("get run", client.get_run, job_run_id).info.experiment_id
     run_id = start_concept_run(mlflow_, experiment_id, job_run_id, artifact, data_uri, dataset_name)
     try:
-        model_id = _log_model(mlflow_, experiment_id, run_id, local_dir, artifact, metrics, images, data_uri, dataset_name)
+        model_id = _log_model(mlflow_, experiment_id, run_id, local_dir, artifact, metrics, images, data_uri, dataset_name,
+                              base_model_uri)
     except BaseException:
         mlflow_.call("end run", client.set_terminated, run_id, status="FAILED")
         raise
@@ -152,7 +235,8 @@ def start_concept_run(mlflow_: MlflowConnection, experiment_id: str, job_run_id:
 
 
 def _log_model(mlflow_: MlflowConnection, experiment_id: str, run_id: str, local_dir: Path, artifact: ConceptArtifact,
-               metrics: dict[str, float], images: dict[str, Image.Image], data_uri: str | None, dataset_name: str) -> str:
+               metrics: dict[str, float], images: dict[str, Image.Image], data_uri: str | None, dataset_name: str,
+               base_model_uri: str | None) -> str:
     m = artifact.manifest
     client = mlflow_.client
     params = {
@@ -176,16 +260,9 @@ def _log_model(mlflow_: MlflowConnection, experiment_id: str, run_id: str, local
     )
     with tempfile.TemporaryDirectory(prefix="omnipersona-pyfunc-") as tmp:
         package = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(
-            path=str(package),
-            python_model=ConceptArtifactModel(),
-            artifacts={CONCEPT_ARTIFACT_KEY: str(local_dir)},
-            pip_requirements=_pip_requirements(),
-            metadata={"concept_id": m.concept_id, "format_version": m.format_version},
-            mlflow_model=Model(
-                artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id, model_id=model.model_id
-            ),
-        )
+        mlflow_model = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
+                             model_id=model.model_id)
+        _save_package(package, local_dir, artifact, mlflow_model, base_model_uri)
         mlflow_.call("upload model", client.log_model_artifacts, model.model_id, str(package))
     mlflow_.call("link model", client.log_outputs, run_id, [LoggedModelOutput(model.model_id, step=0)])
 

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from PIL import Image
 
 from omnipersona.concepts.artifact import ConceptArtifact
@@ -25,6 +24,7 @@ from pipelines.evaluate.gate import Gate, GateResult
 from pipelines.register import names
 from pipelines.register.concept_model import (
     CONCEPT_ARTIFACT_KEY,
+    concept_folder,
     concept_tags,
     log_concept_model,
     stage_locally,
@@ -85,6 +85,7 @@ class ConceptRegistry:
         images: dict[str, Image.Image] | None = None,
         gate: Gate | None = None,
         data_uri: str | None = None,
+        base_model_uri: str | None = None,
     ) -> RegistrationResult:
         """Register the artifact at ``artifact_path`` (local, or on ``filesystem``: a pyarrow
         filesystem such as S3) as a new version of its concept's registered model.
@@ -94,7 +95,8 @@ class ConceptRegistry:
         (tenant, concept, data digest, config hash, base fingerprint) that already has a version is skipped.
         ``data_uri`` is the concept's upload folder (lineage). ``run_id`` is the job run: the concept
         is logged in a registration run of its own nested under it (its logged model, metrics,
-        pictures and dataset input), which the model version points to.
+        pictures and dataset input), which the model version points to. ``base_model_uri`` (the
+        job's ``model.uri``) is recorded in the served model's config: the base its `predict` loads.
         """
         with tempfile.TemporaryDirectory(prefix="omnipersona-register-") as tmp:
             # Validate where it lives (clear errors for missing or corrupt files), then copy.
@@ -112,7 +114,8 @@ class ConceptRegistry:
                 return RegistrationResult("already_registered", name, existing.version, version_model_id(existing), False, None)
 
             self._ensure_registered_model(name, m.id)
-            logged = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri)
+            logged = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri,
+                                       base_model_uri)
             model_id = logged.model_id
             decision = gate.evaluate(all_metrics) if gate is not None else None
             version_tags = {
@@ -215,8 +218,7 @@ class ConceptRegistry:
         source = self.mlflow.call("download uri", self.client.get_model_version_download_uri, name, str(version))
         local = self.mlflow.call("download", mlflow.artifacts.download_artifacts, artifact_uri=source,
                                  dst_path=str(dst_dir), tracking_uri=self.mlflow.tracking_uri)
-        pyfunc_conf = Model.load(Path(local)).flavors["python_function"]
-        return Path(local) / pyfunc_conf["artifacts"][CONCEPT_ARTIFACT_KEY]["path"]
+        return concept_folder(local)
 
     def delete_concept(self, concept: ConceptId) -> list[str]:
         """The MLflow part of deleting a concept, stopping at the first error: the registered model

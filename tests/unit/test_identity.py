@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from omnipersona.identity import ConceptId, parse_model_name, parse_model_uri
+from omnipersona.identity import ConceptId, parse_any_model_uri, parse_model_name, parse_model_uri
 
 
 def test_key_and_parse_round_trip():
@@ -43,6 +43,20 @@ def test_model_names_and_uris_parse_back():
         with pytest.raises(ValueError, match="models:/"):
             parse_model_uri(bad)
 
+
+
+def test_any_standard_mlflow_model_uri_parses():
+    model_id = "m-" + "0123456789abcdef" * 2
+    assert parse_any_model_uri(f"models:/{model_id}").model_id == model_id
+    ref = parse_any_model_uri("models:/omnipersona.acme.maeve@champion")
+    assert (ref.name, ref.alias, ref.version, ref.model_id) == ("omnipersona.acme.maeve", "champion", None, None)
+    ref = parse_any_model_uri("models:/Any_Name-1/7")  # any registered model name, checked when resolved
+    assert (ref.name, ref.alias, ref.version) == ("Any_Name-1", None, 7)
+    bad = ["models:/omnipersona.acme.maeve", "models:/m-123", "models:/a b@x", "models:/a/b/1", "models:/a@", "runs:/r/model",
+           "models:/a@x\n", "", None]
+    for uri in bad:
+        with pytest.raises(ValueError, match="models:/<name>@<alias>, models:/<name>/<version> or models:/m-"):
+            parse_any_model_uri(uri)
 
 def test_identity_needs_no_torch():
     """The data workers and the CLI read concept ids without importing the model."""
