@@ -16,6 +16,15 @@
 What the generated, PARG and edited pictures show is the `judge`'s to say (an `ImageJudge`, e.g.
 the world-trained probe: generation_probe, parg, edit_score). Without one those metrics are left
 out, and `extractors` (CLIP / DINO / face embedders) still give the feature cosines.
+
+A persona with the batched methods (`recognition_yes_probability_batch`, `understand_batch`)
+answers the understanding cases as batches (`Persona.batch_size` requests a forward): recognition
+over all views and negatives, then text QA with VQA. Yes-probabilities and greedy answers equal the
+one-at-a-time ones (within 2e-7, `tests/unit/test_batched_inference.py`), so these metrics are the
+same. Pictures are still drawn one at a time: a batched picture may round a few pixels to the
+neighbouring 0-255 value (its float values agree within 1e-5), which moved a pixel-feature cosine
+by 6e-5 when generation was batched here too (`small` config) and could flip a judge's reading. A
+persona without the batched methods is asked one case at a time.
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from ..infer.requests import Understand
 from .eval_set import ConceptEvalSet
 from .metrics import answer_score, mean, mean_pairwise_cosine, weighted_recognition_accuracy
 
@@ -68,15 +78,16 @@ def evaluate_concept(
     out: dict[str, float] = {}
 
     # Understanding
-    p_yes = lambda images: [persona.recognition_yes_probability(name, im) for im in images]  # noqa: E731
-    out.update(weighted_recognition_accuracy(p_yes(es.views), p_yes(es.hard_negatives), p_yes(es.random_negatives)))
-    text = [(q, persona.understand(q.question, concepts=[name], max_new_tokens=max_new_tokens).text) for q in es.text_qa]
+    groups = (es.views, es.hard_negatives, es.random_negatives)
+    out.update(weighted_recognition_accuracy(*_split(_yes_probabilities(persona, name, [im for g in groups for im in g]), groups)))
+    text_said, vqa_said = _split(_answers(persona, [Understand(q.question, concepts=[name], max_new_tokens=max_new_tokens) for q in es.text_qa]
+                                          + [Understand(q.question, image=q.image, max_new_tokens=max_new_tokens) for q in es.vqa]),
+                                 (es.text_qa, es.vqa))
+    text = list(zip(es.text_qa, text_said))
     out["text_qa_accuracy"] = mean(answer_score(a, q.answer) for q, a in text)
     for group in es.text_qa_groups:
         out[f"text_qa_{group}"] = mean(answer_score(a, q.answer) for q, a in text if q.group == group)
-    out["vqa_accuracy"] = mean(
-        answer_score(persona.understand(q.question, image=q.image, max_new_tokens=max_new_tokens).text, q.answer) for q in es.vqa
-    )
+    out["vqa_accuracy"] = mean(answer_score(a, q.answer) for q, a in zip(es.vqa, vqa_said))
 
     # Generation, PARG, editing
     generated = [persona.generate(name, p, replay=replay).image for p in es.generation_prompts]
@@ -95,6 +106,26 @@ def evaluate_concept(
     if keep_images:
         persona.last_eval_images = {"generated": generated, "parg": [g.image for g in parg_runs], "edited": edited}
     return out
+
+
+def _split(results: list, groups: Sequence[Sequence]) -> list[list]:
+    """Results of the concatenated groups, cut back into one list per group."""
+    ends = np.cumsum([0] + [len(g) for g in groups]).tolist()
+    return [results[a:b] for a, b in zip(ends, ends[1:])]
+
+
+def _yes_probabilities(persona, name: str, images: list) -> list[float]:
+    batch = getattr(persona, "recognition_yes_probability_batch", None)
+    if batch is not None:
+        return list(batch([(name, image) for image in images]))
+    return [persona.recognition_yes_probability(name, image) for image in images]
+
+
+def _answers(persona, requests: list[Understand]) -> list[str]:
+    batch = getattr(persona, "understand_batch", None)
+    if batch is not None:
+        return [a.text for a in batch(requests)]
+    return [persona.understand(r.question, image=r.image, concepts=r.concepts, max_new_tokens=r.max_new_tokens).text for r in requests]
 
 
 def aggregate(per_concept: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

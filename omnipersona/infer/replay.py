@@ -60,16 +60,41 @@ class KnowledgeReplay:
         return re.sub(rf"(?<![<\w]){re.escape(name)}(?![>\w])", f"<{name}>", text)
 
     def run(self, concept: str, request: str) -> ReplayTrace:
-        persona = self.persona
-        prompt = self.intent_prompt(concept, request)
-        said = persona.understand(prompt, concepts=[concept], max_new_tokens=self.max_new_tokens).text
-        question = self.bind_name(concept, said.strip().split("\n")[0].strip())
-        appearance_question = APPEARANCE_QUESTION.replace("<sks>", f"<{concept}>")
-        if f"<{concept}>" not in question:
-            # The parsed question must be about the concept; fall back to the generic memory query.
-            question = appearance_question
-        if question == appearance_question and not self.appearance:
-            return ReplayTrace(request, prompt, question, "", request)
-        answer = persona.understand(question, concepts=[concept], max_new_tokens=self.max_new_tokens).text.strip()
-        rewritten = f"{request.rstrip('. ')}. {answer}".strip() if answer else request
-        return ReplayTrace(request, prompt, question, answer, rewritten)
+        return self._run([(concept, request)], self._ask_one_by_one)[0]
+
+    def run_batch(self, requests: list[tuple[str, str]]) -> list[ReplayTrace]:
+        """`run` for many (concept, request) pairs: each of the two questions is asked of all of them
+        in one `Persona.understand_batch`; every trace equals what `run` gives for its pair."""
+        return self._run(list(requests), self._ask_together)
+
+    def _ask_one_by_one(self, questions: list[tuple[str, str]]) -> list[str]:
+        return [self.persona.understand(q, concepts=[c], max_new_tokens=self.max_new_tokens).text for q, c in questions]
+
+    def _ask_together(self, questions: list[tuple[str, str]]) -> list[str]:
+        from .requests import Understand
+
+        asked = [Understand(q, concepts=[c], max_new_tokens=self.max_new_tokens) for q, c in questions]
+        return [a.text for a in self.persona.understand_batch(asked)]
+
+    def _run(self, requests: list[tuple[str, str]], ask) -> list[ReplayTrace]:
+        prompts = [self.intent_prompt(concept, request) for concept, request in requests]
+        said = ask([(prompt, concept) for prompt, (concept, _) in zip(prompts, requests)])
+        questions = []
+        for (concept, _), text in zip(requests, said):
+            question = self.bind_name(concept, text.strip().split("\n")[0].strip())
+            if f"<{concept}>" not in question:
+                # The parsed question must be about the concept; fall back to the generic memory query.
+                question = self._appearance(concept)
+            questions.append(question)
+        recall = [i for i, (concept, _) in enumerate(requests) if self.appearance or questions[i] != self._appearance(concept)]
+        answers = dict(zip(recall, ask([(questions[i], requests[i][0]) for i in recall]) if recall else []))
+        traces = []
+        for i, (concept, request) in enumerate(requests):
+            answer = answers[i].strip() if i in answers else ""
+            rewritten = f"{request.rstrip('. ')}. {answer}".strip() if answer else request
+            traces.append(ReplayTrace(request, prompts[i], questions[i], answer, rewritten))
+        return traces
+
+    @staticmethod
+    def _appearance(concept: str) -> str:
+        return APPEARANCE_QUESTION.replace("<sks>", f"<{concept}>")

@@ -187,75 +187,108 @@ class Bagel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ cached inference
-    def _run_cached(self, seq, positions, gen_mask, cache, causal: bool, update: bool) -> torch.Tensor:
-        spec = AttentionSpec(cache=cache, causal=causal, update_cache=update)
+    # Every `*_batch` method serves rows: independent sequences, each with its own KV cache and rope
+    # position. The rows' new tokens are packed into one stream and run as ONE forward, each row's
+    # tokens attending to its own cache only (`AttentionSpec.caches`). The single-row methods are
+    # the same computation for one row.
+    def _run_cached(self, seq, positions, gen_mask, lens: list[int], caches: list[KVCache], causal: bool, update: bool) -> torch.Tensor:
+        if update and len({id(c) for c in caches}) < len(caches):
+            raise ValueError("rows that append to their caches need one cache each")
+        spec = AttentionSpec(sample_lens=list(lens), caches=list(caches), causal=causal, update_cache=update)
         return self.language_model(seq, positions, gen_mask, spec)
 
+    @staticmethod
+    def _rope_runs(positions: list[int], lens: list[int], device, same: bool) -> torch.Tensor:
+        """Rope ids of packed rows: consecutive from each row's position (text), or one shared id (images)."""
+        runs = [torch.full((n,), p, dtype=torch.long) if same else torch.arange(p, p + n) for p, n in zip(positions, lens)]
+        return torch.cat(runs).to(device)
+
+    def _between_markers(self, parts: list[torch.Tensor], marker_ids) -> tuple[torch.Tensor, list[int]]:
+        """`<start> part <end>` for every row, packed; returns (embeddings, row lengths)."""
+        markers = self.language_model.model.embed_tokens(torch.tensor(marker_ids, device=parts[0].device))
+        seq = torch.cat([x for part in parts for x in (markers[:1], part.to(markers.dtype), markers[1:])], dim=0)
+        return seq, [part.shape[0] + 2 for part in parts]
+
     @torch.no_grad()
-    def prefill_text(
+    def prefill_text_batch(
         self,
-        cache: KVCache,
-        position: int,
+        caches: list[KVCache],
+        positions: list[int],
         token_ids: torch.Tensor,
+        lens: list[int],
         embeds_override: tuple[torch.Tensor, torch.Tensor] | None = None,
         gen_indexes: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, int]:
-        """Append text (already wrapped in bos/eos by the caller) causally; returns (hidden, next position).
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """Append text causally to every row: `token_ids` holds row after row (`lens` tokens each,
+        already wrapped in bos/eos by the caller). Returns (hidden per row, next position per row).
 
-        `embeds_override` / `gen_indexes` are positions *within this text*: concept tokens take their
-        bank embeddings there, and generation tokens are routed to the generation expert.
+        `embeds_override` / `gen_indexes` are positions *within the packed ids*: concept tokens take
+        their bank embeddings there, and generation tokens are routed to the generation expert.
         """
         seq = self.language_model.model.embed_tokens(token_ids)
         if embeds_override is not None:
             seq = seq.index_put((embeds_override[0],), embeds_override[1].to(seq.dtype))
-        n = seq.shape[0]
-        positions = torch.arange(position, position + n, device=seq.device)
-        gen_mask = self._gen_mask(n, [gen_indexes], seq.device)
-        hidden = self._run_cached(seq, positions, gen_mask, cache, causal=True, update=True)
-        return hidden, position + n
+        rope = self._rope_runs(positions, lens, seq.device, same=False)
+        gen_mask = self._gen_mask(seq.shape[0], [gen_indexes], seq.device)
+        hidden = self._run_cached(seq, rope, gen_mask, lens, caches, causal=True, update=True)
+        return list(hidden.split(list(lens))), [p + n for p, n in zip(positions, lens)]
 
     @torch.no_grad()
-    def prefill_vit_image(self, cache: KVCache, position: int, pixels: torch.Tensor, marker_ids: tuple[int, int]) -> int:
-        """Append <vision_start> ViT tokens <vision_end>, all at one rope position, full attention."""
+    def prefill_vit_image_batch(self, caches: list[KVCache], positions: list[int], pixels: list[torch.Tensor], marker_ids) -> list[int]:
+        """Append <vision_start> ViT tokens <vision_end> to every row (one image each), all at one
+        rope position, full attention; the ViT encodes all images in one call."""
         p = self.config.vit.patch_size
-        tokens = patchify(pixels, p)
-        pos_ids = flattened_position_ids(pixels.shape[1], pixels.shape[2], p, self.config.vit_max_num_patch_per_side)
-        vit = self.embed_vit(tokens, pos_ids.to(pixels.device), [tokens.shape[0]])
-        markers = self.language_model.model.embed_tokens(torch.tensor(marker_ids, device=pixels.device))
-        seq = torch.cat([markers[:1], vit.to(markers.dtype), markers[1:]], dim=0)
-        positions = torch.full((seq.shape[0],), position, device=seq.device, dtype=torch.long)
-        self._run_cached(seq, positions, None, cache, causal=False, update=True)
-        return position + 1
+        tokens = [patchify(px, p) for px in pixels]
+        ids = [flattened_position_ids(px.shape[1], px.shape[2], p, self.config.vit_max_num_patch_per_side).to(px.device) for px in pixels]
+        counts = [t.shape[0] for t in tokens]
+        vit = self.embed_vit(torch.cat(tokens), torch.cat(ids), counts)
+        seq, lens = self._between_markers(list(vit.split(counts)), marker_ids)
+        self._run_cached(seq, self._rope_runs(positions, lens, seq.device, same=True), None, lens, caches, causal=False, update=True)
+        return [q + 1 for q in positions]
+
+    def _latent_rows(self, latent_tokens: list[torch.Tensor], t: float, positions: list[int], hws, marker_ids):
+        """(embeddings, rope ids, gen mask, row lengths) of `<start> latent tokens at time t <end>` per row."""
+        device = latent_tokens[0].device
+        pos_ids = torch.cat([flattened_position_ids(h, w, 1, self.config.max_latent_size) for h, w in hws]).to(device)
+        tokens = torch.cat(latent_tokens)
+        lat = self.embed_latents(tokens, torch.full((tokens.shape[0],), float(t), device=device), pos_ids)
+        seq, lens = self._between_markers(list(lat.split([x.shape[0] for x in latent_tokens])), marker_ids)
+        gen_mask = torch.ones(seq.shape[0], dtype=torch.bool, device=device)
+        ends = torch.tensor(lens, device=device).cumsum(0)
+        gen_mask[ends - 1] = False
+        gen_mask[ends - torch.tensor(lens, device=device)] = False
+        return seq, self._rope_runs(positions, lens, device, same=True), gen_mask, lens
 
     @torch.no_grad()
+    def prefill_vae_latent_batch(self, caches: list[KVCache], positions: list[int], latents: list[torch.Tensor], marker_ids) -> list[int]:
+        """Append a clean latent (t = 0) to every row as generation-expert tokens between image markers."""
+        p = self.config.latent_patch_size
+        latents = [z if z.dim() == 4 else z[None] for z in latents]  # [z, h, w] or [1, z, h, w]
+        hws = [(z.shape[2] // p, z.shape[3] // p) for z in latents]
+        tokens = [self.patchify_latents(z, [hw]) for z, hw in zip(latents, hws)]
+        seq, rope, gen_mask, lens = self._latent_rows(tokens, 0.0, positions, hws, marker_ids)
+        self._run_cached(seq, rope, gen_mask, lens, caches, causal=False, update=True)
+        return [q + 1 for q in positions]
+
+    @torch.no_grad()
+    def predict_velocity_batch(self, caches: list[KVCache], positions: list[int], xs: list[torch.Tensor], t: float, hws, marker_ids) -> list[torch.Tensor]:
+        """Velocity of every row's noised latent tokens x_t [h*w, p*p*c] at time t, each attending to
+        its own cache (caches are read, never grown, so rows may share one)."""
+        seq, rope, gen_mask, lens = self._latent_rows(list(xs), t, positions, hws, marker_ids)
+        hidden = self._run_cached(seq, rope, gen_mask, lens, caches, causal=False, update=False)
+        return list(self.llm2vae(hidden[gen_mask]).split([x.shape[0] for x in xs]))
+
+    # One row each: what the samplers' single-request functions call.
+    def prefill_text(self, cache: KVCache, position: int, token_ids: torch.Tensor, embeds_override=None, gen_indexes=None):
+        """Append text to one cache; returns (hidden, next position)."""
+        hidden, (position,) = self.prefill_text_batch([cache], [position], token_ids, [token_ids.shape[0]], embeds_override, gen_indexes)
+        return hidden[0], position
+
+    def prefill_vit_image(self, cache: KVCache, position: int, pixels: torch.Tensor, marker_ids: tuple[int, int]) -> int:
+        return self.prefill_vit_image_batch([cache], [position], [pixels], marker_ids)[0]
+
     def prefill_vae_latent(self, cache: KVCache, position: int, latent: torch.Tensor, marker_ids: tuple[int, int]) -> int:
-        """Append a clean latent (t = 0) as generation-expert tokens between image markers."""
-        seq, gen_mask, positions = self._latent_query(latent_tokens=None, latent=latent, t=0.0, position=position, marker_ids=marker_ids)
-        self._run_cached(seq, positions, gen_mask, cache, causal=False, update=True)
-        return position + 1
+        return self.prefill_vae_latent_batch([cache], [position], [latent], marker_ids)[0]
 
-    def _latent_query(self, latent_tokens, latent, t: float, position: int, marker_ids, hw=None):
-        if latent is not None:
-            latent = latent if latent.dim() == 4 else latent[None]  # [z, h, w] or [1, z, h, w]
-            _, _, H, W = latent.shape
-            p = self.config.latent_patch_size
-            hw = (H // p, W // p)
-            latent_tokens = self.patchify_latents(latent, [hw])
-        h, w = hw
-        pos_ids = flattened_position_ids(h, w, 1, self.config.max_latent_size).to(latent_tokens.device)
-        ts = torch.full((latent_tokens.shape[0],), float(t), device=latent_tokens.device)
-        lat = self.embed_latents(latent_tokens, ts, pos_ids)
-        markers = self.language_model.model.embed_tokens(torch.tensor(marker_ids, device=latent_tokens.device))
-        seq = torch.cat([markers[:1], lat.to(markers.dtype), markers[1:]], dim=0)
-        gen_mask = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
-        gen_mask[1:-1] = True
-        positions = torch.full((seq.shape[0],), position, device=seq.device, dtype=torch.long)
-        return seq, gen_mask, positions
-
-    @torch.no_grad()
     def predict_velocity(self, cache: KVCache, position: int, x_t: torch.Tensor, t: float, hw, marker_ids) -> torch.Tensor:
-        """Velocity for noised latent tokens x_t [h*w, p*p*c] at time t, attending to the cache (not growing it)."""
-        seq, gen_mask, positions = self._latent_query(x_t, None, t, position, marker_ids, hw=hw)
-        hidden = self._run_cached(seq, positions, gen_mask, cache, causal=False, update=False)
-        return self.llm2vae(hidden[1:-1])
-
+        return self.predict_velocity_batch([cache], [position], [x_t], t, [hw], marker_ids)[0]

@@ -6,7 +6,8 @@ self-attention; each token's norms, projections and MLP come from its own expert
 boolean `gen_mask` (True = generation expert). Routing is positional and given by the caller.
 
 Attention is described by `AttentionSpec`: either per-sample dense masks (training packs) or
-"attend to the whole KV cache, causal / full among the new tokens" (inference with a cache).
+"each row attends to its own whole KV cache, causal / full among its new tokens" (inference with
+caches, one per row of a batch).
 """
 from __future__ import annotations
 
@@ -62,13 +63,16 @@ class AttentionSpec:
     """How the new tokens attend.
 
     - training packs: `sample_lens` + `masks` (one [L, L] bool mask per sample, True = may attend);
-    - cached inference: `cache` (may be empty) + `causal` among the new tokens; `update_cache`
-      appends the new keys/values (False for denoising steps that must not grow the prefix).
+    - cached inference: `caches`, one per row (a cache may be empty), and `sample_lens`, the new
+      tokens of each row packed row after row. A row's tokens attend to its own cache only, and
+      `causal` (or fully) among themselves; `update_cache` appends each row's new keys/values to
+      its cache (False for denoising steps that must not grow the prefix). Rows that update need
+      distinct caches; rows that only read may share one.
     """
 
     sample_lens: list[int] | None = None
     masks: list[torch.Tensor] | None = None
-    cache: KVCache | None = None
+    caches: list[KVCache] | None = None
     causal: bool = True
     update_cache: bool = True
 
@@ -109,7 +113,7 @@ class MoTAttention(nn.Module):
         v = qkv[:, hq + hkv :].view(n, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if spec.cache is None:
+        if spec.caches is None:
             out = self._packed_attention(q, k, v, spec)
         else:
             out = self._cached_attention(q, k, v, spec)
@@ -134,7 +138,15 @@ class MoTAttention(nn.Module):
         return torch.cat([self._sdpa(qs, ks, vs, mask=m) for qs, ks, vs, m in parts], dim=0)
 
     def _cached_attention(self, q, k, v, spec: AttentionSpec):
-        cache = spec.cache
+        lens = [int(n) for n in spec.sample_lens]
+        if len(lens) == 1:
+            return self._attend_cache(q, k, v, spec.caches[0], spec)
+        # One SDPA per row (rows differ in cache length); every projection and MLP of the layer
+        # already ran once over all rows' tokens.
+        parts = zip(q.split(lens), k.split(lens), v.split(lens), spec.caches)
+        return torch.cat([self._attend_cache(qs, ks, vs, cache, spec) for qs, ks, vs, cache in parts], dim=0)
+
+    def _attend_cache(self, q, k, v, cache: KVCache, spec: AttentionSpec):
         past_k, past_v = cache.keys[self.layer_idx], cache.values[self.layer_idx]
         if past_k is not None:
             k_all, v_all = torch.cat([past_k, k], 0), torch.cat([past_v, v], 0)
