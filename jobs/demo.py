@@ -8,21 +8,26 @@ registry and runs one inference per task.
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import time
 from pathlib import Path
 
 import yaml
 
+from jobs.logs import log_format
 
-def demo_config(root: Path, model: str = "tiny") -> dict:
+log = logging.getLogger("omnipersona.demo")
+
+
+def demo_config(root: Path, model: str = "tiny", steps: int = 30) -> dict:
     return {
         "job_id": "demo",
         "ingest": {"uploads_uri": str(root / "uploads"), "negatives_uri": str(root / "negatives"),
                    "vit_size": 64, "vae_size": 64, "epochs": 2, "samples_per_task": 4},
         "model": {"uri": model, "tiny_cache": str(root / "models" / "tiny-bagel")},
         "train": {
-            "recipe": {"steps": 30, "batch_size": 4, "lr": 0.02, "num_und_tokens": 8, "num_gen_tokens": 8},
+            "recipe": {"steps": steps, "batch_size": 4, "lr": 0.02, "num_und_tokens": 8, "num_gen_tokens": 8},
             "deepspeed": {"zero_stage": 2},
             "scaling": {"num_workers": 2, "cpus_per_worker": 1},
             "pack_size": 4,
@@ -38,12 +43,14 @@ def demo_config(root: Path, model: str = "tiny") -> dict:
     }
 
 
-def write_demo_uploads(root: Path, seed: int = 7) -> None:
+def write_demo_uploads(root: Path, seed: int = 7, concepts: int = 5) -> None:
+    """`concepts` generated concepts (the first three for tenant acme, the rest for globex) and one
+    broken upload."""
     from omnipersona.world import make_concepts
     from omnipersona.world.uploads import EvalSetWriteOptions, UploadOptions, write_eval_sets, write_uploads
 
-    concepts = make_concepts(5, seed=seed)
-    by_tenant = {"acme": concepts[:3], "globex": concepts[3:]}
+    made = make_concepts(concepts, seed=seed)
+    by_tenant = {tenant: group for tenant, group in (("acme", made[:3]), ("globex", made[3:])) if group}
     write_uploads(by_tenant, root / "uploads", options=UploadOptions(views=6, edits=2, pool_negatives=16))
     write_eval_sets(by_tenant, root / "eval", options=EvalSetWriteOptions(views=2, hard_negatives=2, random_negatives=2))
     shutil.move(str(root / "uploads" / "_negatives"), str(root / "negatives"))
@@ -54,7 +61,8 @@ def write_demo_uploads(root: Path, seed: int = 7) -> None:
     shutil.copy(next((root / "uploads" / "acme").glob("*/images/*.png")), broken / "images" / "000.png")
 
 
-def run_demo(root: str | Path = "omnipersona-demo", fresh: bool = True, model: str = "tiny") -> int:
+def run_demo(root: str | Path = "omnipersona-demo", fresh: bool = True, model: str = "tiny", concepts: int = 5,
+             steps: int = 30) -> int:
     from mlflow import MlflowClient
 
     from pipelines.config import JobConfig
@@ -67,25 +75,27 @@ def run_demo(root: str | Path = "omnipersona-demo", fresh: bool = True, model: s
     root.mkdir(parents=True, exist_ok=True)
     (root / "mlflow").mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[demo] writing sample uploads to {root / 'uploads'}", flush=True)
-    write_demo_uploads(root)
-    raw = demo_config(root, model)
+    log.info("[demo] writing sample uploads to %s", root / "uploads")
+    write_demo_uploads(root, concepts=concepts)
+    raw = demo_config(root, model, steps)
     (root / "job.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = JobConfig(**raw)
     # Keep MLflow's files inside the demo folder (a bare sqlite URI would put them in ./mlruns).
     client = MlflowClient(cfg.mlflow.tracking_uri)
     if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
         client.create_experiment(cfg.mlflow.experiment, artifact_location=(root / "mlflow" / "artifacts").as_uri())
-    print("[demo] running the personalization job (local Ray, 2 DeepSpeed workers)", flush=True)
+    log.info("[demo] running the personalization job (local Ray, 2 DeepSpeed workers)")
     summary = run_job(cfg)
-    print(summary.to_markdown(), flush=True)
+    if log_format() == "text":  # a JSON log stays JSON lines: the summary is in its file
+        print(summary.to_markdown(), flush=True)
     done = [c for c in summary.concepts if c.outcome in ("done", "skipped")]
     if done:
         _inference_tour(cfg, root, done[0].concept_key)
-    print(f"[demo] finished in {time.perf_counter() - t0:.0f}s", flush=True)
+    log.info("[demo] finished in %.0fs", time.perf_counter() - t0)
     summary_md = root / 'store' / 'work' / summary.job_id / 'runs' / str(summary.run_id) / 'summary.md'
-    print(f"[demo] job config: {root / 'job.yaml'}   summary: {summary_md}")
-    print(f"[demo] look at runs, concept models and sample pictures with:\n    mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}")
+    log.info("[demo] job config: %s   summary: %s", root / "job.yaml", summary_md)
+    log.info("[demo] look at runs, concept models and sample pictures with: mlflow ui --backend-store-uri %s",
+             cfg.mlflow.tracking_uri)
     return 0
 
 
@@ -105,14 +115,14 @@ def _inference_tour(cfg, root: Path, concept_key: str) -> None:
     out.mkdir(exist_ok=True)
     photo = np.asarray(Image.open(next((root / "uploads" / concept_id.tenant / concept_id.concept / "images").glob("*.png"))).convert("RGB"))
     ans = persona.understand(f"Is <{name}> in this image?", image=photo)
-    print(f"[demo] understand: 'Is <{name}> in this image?' -> {ans.text!r} (p(yes)={ans.yes_probability:.2f})")
+    log.info("[demo] understand: 'Is <%s> in this image?' -> %r (p(yes)=%.2f)", name, ans.text, ans.yes_probability)
     gen = persona.generate(name, f"Generate a toy for <{name}>.")
     gen.image.save(out / "generate.png")
-    print(f"[demo] generate with knowledge replay: question={gen.replay.question!r} answer={gen.replay.answer!r}\n"
-          f"        rewritten prompt={gen.prompt_used!r} -> {out / 'generate.png'}")
+    log.info("[demo] generate with knowledge replay: question=%r answer=%r rewritten prompt=%r -> %s",
+             gen.replay.question, gen.replay.answer, gen.prompt_used, out / "generate.png")
     edit = persona.edit(name, photo, f"Put <{name}> on the beach.", replay=False)
     edit.image.save(out / "edit.png")
-    print(f"[demo] edit: 'Put <{name}> on the beach.' -> {out / 'edit.png'}")
+    log.info("[demo] edit: 'Put <%s> on the beach.' -> %s", name, out / "edit.png")
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -120,8 +130,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     s.add_argument("--dir", default="omnipersona-demo", help="working folder (default ./omnipersona-demo)")
     s.add_argument("--keep", action="store_true", help="keep earlier demo data (a rerun then trains nothing)")
     s.add_argument("--model", default="tiny", help="base model folder or 'tiny' (default: the tiny BAGEL, built locally)")
+    s.add_argument("--concepts", type=int, default=5, choices=range(1, 9), metavar="N",
+                   help="how many concepts to generate, 1-8 (default 5; plus one broken upload)")
+    s.add_argument("--steps", type=int, default=30, help="training steps per pack (default 30)")
     s.set_defaults(fn=run)
 
 
 def run(args) -> int:
-    return run_demo(args.dir, fresh=not args.keep, model=args.model)
+    return run_demo(args.dir, fresh=not args.keep, model=args.model, concepts=args.concepts, steps=args.steps)

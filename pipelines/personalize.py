@@ -8,17 +8,19 @@ raised; the job goes on), done (a registered version; `champion` moved if the ga
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from omnipersona.concepts.artifact import config_hash
+from omnipersona.concepts.artifact import ConceptArtifact, config_hash
 from omnipersona.identity import ConceptId
 from pipelines.config import JobConfig
 from pipelines.ingest.dataset import IngestResult, build_ingest
 from pipelines.ingest.features import colour_histogram_features
+from pipelines.ingest.snapshot import take_snapshot
 from pipelines.model_store import VisionEncoderFeatures, load_base, resolve_model_uri
 from pipelines.paths import JobPaths
 from pipelines.register import ConceptRegistry, JobRuns, JobRunSpec, MlflowConnection, names
@@ -64,17 +66,16 @@ def run_job(cfg: JobConfig) -> JobSummary:
     says why, and the exception propagates (the entrypoint's exit code says the job could not run)."""
     t0 = time.perf_counter()
     _ensure_ray(cfg)
-    log.info("[1/5] ingest %s", cfg.ingest.uploads_uri)
     ctx, ingest = open_job(cfg)
-    log.info("job %s, MLflow run %s", ctx.paths.job_id, ctx.run_id)
     try:
-        log.info("[2/5] select new or changed concepts")
         selection = select(ctx, ingest)
         write_training_examples(ctx, ingest, selection)
         if selection.to_train:
-            log.info("[3/5] train %d concepts", len(selection.to_train))
+            log.info("[3/5] train: %d concepts", len(selection.to_train))
             selection.to_register += train(ctx, selection.to_train, planned=selection.to_train + selection.to_register)
-        log.info("[4/5] evaluate and [5/5] register %d concepts", len(selection.to_register))
+        else:
+            log.info("[3/5] train: nothing to train")
+        log.info("[4/5] evaluate and [5/5] register: %d concepts", len(selection.to_register))
         evaluate_and_register(ctx, selection)
     except BaseException as exc:
         ctx.summary.error = f"{type(exc).__name__}: {exc}"
@@ -87,12 +88,16 @@ def run_job(cfg: JobConfig) -> JobSummary:
         for outcome in ctx.summary.concepts:
             outcome.notes = notes.get(outcome.concept_key, [])
         finish_job(ctx)
+        counts = ctx.summary.counts()
         log.info("job %s run %s finished in %.0fs: %s", ctx.paths.job_id, ctx.run_id, time.perf_counter() - t0,
-                 ctx.summary.counts())
+                 ", ".join(f"{n} {outcome}" for outcome, n in counts.items()))
     return ctx.summary
 
 
 def _ensure_ray(cfg: JobConfig) -> None:
+    """Join the cluster (`ray.address`, RAY_ADDRESS: as under `ray job submit`) or start a local one.
+    The Ray processes' own output (train workers, the train controller, Ray Data tasks) reaches
+    this job's log only when it logs at debug level: progress comes through `ray.train.report`."""
     import ray
 
     if ray.is_initialized():
@@ -100,11 +105,44 @@ def _ensure_ray(cfg: JobConfig) -> None:
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
+    log_to_driver = logging.getLogger().isEnabledFor(logging.DEBUG)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                 log_to_driver=log_to_driver)
+
+
+def ray_submission_id() -> str | None:
+    """The id `ray job submit` gave this job (None when it was not submitted so). Ray 2.60 sets no
+    environment variable for it: the job supervisor puts it in the driver's job config metadata,
+    which the runtime context's worker holds."""
+    import ray
+
+    try:
+        metadata = ray.get_runtime_context().worker.core_worker.get_job_config().metadata
+        return metadata.get("job_submission_id") or None
+    except Exception:  # noqa: BLE001 - not connected, or a Ray without that metadata
+        return None
+
+
+def job_params(cfg: JobConfig) -> dict[str, str]:
+    """The recipe (`recipe.<field>`) and the job's settings (`<section>.<field>`, nested with dots)
+    as MLflow params of the job run: the whole config but the storage section (credentials) and
+    the tracking URI. Lists and null values as JSON."""
+    data = cfg.model_dump(mode="json", exclude={"storage": True, "mlflow": {"tracking_uri"}})
+    flat = {f"recipe.{k}": v for k, v in data["train"].pop("recipe").items()}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", data)
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items()}
 
 
 def job_id_for(cfg: JobConfig, snapshot_digest: str, recipe_hash: str, base_fingerprint: str) -> str:
@@ -117,21 +155,44 @@ def job_id_for(cfg: JobConfig, snapshot_digest: str, recipe_hash: str, base_fing
 
 
 def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
-    """Load the base, ingest the snapshot (validation, quarantine, lazy examples), name the job,
-    and open its MLflow run."""
+    """Load the base and take the uploads' snapshot, name the job and open its MLflow run (the
+    job's first log line says both), then ingest that snapshot (validation, quarantine, lazy examples)."""
     started = datetime.now(timezone.utc)
     model_uri = resolve_model_uri(cfg.model.uri, cfg.model.tiny_cache)
     bundle = load_base(model_uri, cfg.storage)
     recipe_hash = config_hash(cfg.train.recipe)
+    taken = take_snapshot(cfg.ingest, cfg.storage)
+    digests = taken[0].digests()
+    snapshot_digest = hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(digests.items())).encode()).hexdigest()[:16]
+    paths = JobPaths.of(cfg, job_id_for(cfg, snapshot_digest, recipe_hash, bundle.fingerprint))
+
+    # MLflow's registry resolves `models:/m-...` sources through the process-wide tracking URI (a
+    # bare sqlite store would otherwise look in ./mlruns): this job process talks to one MLflow.
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    connection = MlflowConnection(cfg.mlflow.tracking_uri, experiment_name=cfg.mlflow.experiment)
+    runs = JobRuns(connection)
+    submission_id = ray_submission_id()
+    run_id = runs.start(JobRunSpec(
+        job_id=paths.job_id, snapshot_uri=cfg.ingest.uploads_uri, snapshot_digest=snapshot_digest, config_hash=recipe_hash,
+        base_model_id=bundle.config.model_id, base_fingerprint=bundle.fingerprint, zero_stage=cfg.train.deepspeed.zero_stage,
+        ray_submission_id=submission_id, params=job_params(cfg),
+    ))
+    log.info("job %s, MLflow run %s%s", paths.job_id, run_id, f", Ray submission {submission_id}" if submission_id else "")
+
+    log.info("[1/5] ingest: %d concept folders (%d files) in %s", len(taken[0].concepts),
+             sum(len(c.objects) for c in taken[0].concepts), cfg.ingest.uploads_uri)
     features = (
         VisionEncoderFeatures(model_uri, cfg.storage, cfg.ingest.vit_size)
         if cfg.hard_negative_features == "vision_encoder"
         else colour_histogram_features
     )
-    ingest = build_ingest(cfg.ingest, cfg.storage, feature_fn=features)
-    digests = ingest.snapshot.digests()
-    snapshot_digest = hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(digests.items())).encode()).hexdigest()[:16]
-    paths = JobPaths.of(cfg, job_id_for(cfg, snapshot_digest, recipe_hash, bundle.fingerprint))
+    try:
+        ingest = build_ingest(cfg.ingest, cfg.storage, feature_fn=features, snapshot=taken)
+    except BaseException:
+        runs.end(run_id, "FAILED")  # the job stops before it has a summary: its run says so
+        raise
 
     summary = JobSummary(job_id=paths.job_id, started_at=started, snapshot_uri=cfg.ingest.uploads_uri,
                          config_hash=recipe_hash, quarantined_objects=len(ingest.quarantine.rows))
@@ -141,19 +202,6 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
         if key and key not in accepted:
             summary.add(ConceptOutcome(concept_key=key, outcome="quarantined", reason=f"{row.reason}: {row.message}"))
     ingest.quarantine.write(paths.quarantine, cfg.storage)
-
-    # MLflow's registry resolves `models:/m-...` sources through the process-wide tracking URI (a
-    # bare sqlite store would otherwise look in ./mlruns): this job process talks to one MLflow.
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    connection = MlflowConnection(cfg.mlflow.tracking_uri, experiment_name=cfg.mlflow.experiment)
-    runs = JobRuns(connection)
-    run_id = runs.start(JobRunSpec(
-        job_id=paths.job_id, snapshot_uri=cfg.ingest.uploads_uri, snapshot_digest=snapshot_digest, config_hash=recipe_hash,
-        base_model_id=bundle.config.model_id, base_fingerprint=bundle.fingerprint, zero_stage=cfg.train.deepspeed.zero_stage,
-        ray_submission_id=os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_SUBMISSION_ID"),
-    ))
     registry = ConceptRegistry(connection, prefix=cfg.mlflow.registry_prefix)
     summary.run_id = run_id
     ctx = JobContext(cfg, paths, model_uri, bundle, recipe_hash, runs, run_id, registry, summary)
@@ -170,23 +218,25 @@ def select(ctx: JobContext, ingest: IngestResult) -> JobPlan:
     any of them trains a new version; the summary says which one changed."""
     art_fs, art_root = filesystem_for(ctx.cfg.artifacts.root, ctx.cfg.storage)
     selection = JobPlan()
-    for c in ingest.concepts:
-        concept = TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest,
-                               ctx.recipe_hash, ctx.bundle.fingerprint)
+    concepts = [TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest,
+                             ctx.recipe_hash, ctx.bundle.fingerprint) for c in ingest.concepts]
+    # Every concept's versions in a few paged searches (not two requests per concept: 5,000 models scale).
+    registered = ctx.registry.versions_of(ctx.registry.model_name(concept.id) for concept in concepts)
+    for concept in concepts:
         name = ctx.registry.model_name(concept.id)
-        existing = ctx.registry.find_version(name, concept.data_digest, concept.recipe_hash, concept.base_fingerprint)
+        existing = registered[name].matching(concept.data_digest, concept.recipe_hash, concept.base_fingerprint)
         if existing is not None:
             ctx.summary.add(ConceptOutcome(concept_key=concept.id.key, outcome="skipped", model_name=name,
                                            version=str(existing.version), why=SKIP_REASON))
             continue
-        selection.why[concept.id] = why_train(ctx.registry.latest_version(name), concept)
+        selection.why[concept.id] = why_train(registered[name].latest(), concept)
         if artifact_exists(art_fs, art_root, concept):
             selection.to_register.append(concept)  # exported by an earlier run that could not register it
             selection.why[concept.id] += "; trained by an earlier run, registered now"
         else:
             selection.to_train.append(concept)
     counts = ctx.summary.counts()
-    log.info("%d to train, %d exported but unregistered, %d skipped, %d quarantined",
+    log.info("[2/5] select: %d to train, %d exported but unregistered, %d skipped, %d quarantined",
              len(selection.to_train), len(selection.to_register), counts["skipped"], counts["quarantined"])
     return selection
 
@@ -264,7 +314,9 @@ def evaluate_and_register(ctx: JobContext, selection: JobPlan) -> None:
             outcome = ConceptOutcome(concept_key=c.id.key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
         outcome.why = outcome.why or selection.why.get(c.id, "")
         ctx.summary.add(outcome)
-        log.info("registered %d/%d: %s -> %s %s", i, len(concepts), c.id.key, outcome.outcome, outcome.version or "")
+        version = f" v{outcome.version}" if outcome.version else ""
+        champion = {True: " (champion)", False: " (candidate)"}.get(outcome.promoted, "")
+        log.info("[5/5] register %d/%d: %s -> %s%s%s", i, len(concepts), c.id.key, outcome.outcome, version, champion)
 
 
 @dataclass
@@ -278,7 +330,6 @@ def evaluate(ctx: JobContext, c: TrainConcept, judge=None) -> Evaluation:
     cfg = ctx.cfg
     if not cfg.evaluation.enabled:
         return Evaluation()
-    from omnipersona.concepts.artifact import ConceptArtifact
     from omnipersona.infer.engine import Persona
     from omnipersona.model.sampling import FlowSampling
     from pipelines.evaluate.benchmark import benchmark_metrics
@@ -306,7 +357,12 @@ def register(ctx: JobContext, c: TrainConcept, evaluation: Evaluation) -> Concep
     """A new registered version (the gate decides `champion`), or `skipped` if one exists."""
     art_fs, path = filesystem_for(ctx.paths.artifact(c.id, c.data_digest, c.recipe_hash, c.base_fingerprint), ctx.cfg.storage)
     res = ctx.registry.register_concept(ctx.run_id, path, filesystem=art_fs, metrics=evaluation.metrics,
-                                        images=evaluation.pictures, gate=ctx.cfg.gate, data_uri=ctx.paths.uploads(c.id))
+                                        images=evaluation.pictures, gate=ctx.cfg.gate, data_uri=ctx.paths.uploads(c.id),
+                                        base_model_uri=ctx.cfg.model.uri)
+    if res.status == "registered" and res.model_id:
+        # The concept's training curves, step by step, in its own registration run (a child of the job run).
+        history = ConceptArtifact.load(path, filesystem=art_fs).manifest.extra.get("loss_history", {})
+        ctx.runs.log_training_curves(ctx.runs.source_run_of(res.model_id), history)
     if res.status == "already_registered":
         return ConceptOutcome(concept_key=c.id.key, outcome="skipped", model_name=res.model_name, version=str(res.version),
                               why=SKIP_REASON)

@@ -49,17 +49,20 @@ def heldout_metrics(persona: Persona, name: str, examples: list[ConceptExample],
 
 
 def sample_pictures(persona: Persona, name: str, examples: list[ConceptExample]) -> dict[str, Image.Image]:
-    """A text-to-image sample and an edit sample (source | result side by side)."""
+    """A text-to-image sample and an edit sample (source | result side by side), each named for what
+    it shows: the task and its prompt (the registry makes the name a file name)."""
     check_bound(persona, name)
-    pictures = {"generation.png": persona.generate(name, f"A photo of <{name}>.", replay=False).image}
+    prompt = f"A photo of <{name}>."
+    pictures = {f"text-to-image: {prompt}": persona.generate(name, prompt, replay=False).image}
     source = next((ex.image for ex in examples if ex.task == "edit" and ex.image is not None), None)
     if source is None:
         source = next((ex.image for ex in examples if ex.image is not None), None)
     if source is not None:
-        edited = persona.edit(name, source, f"Put <{name}> on the beach.", replay=False).image
+        instruction = f"Put <{name}> on the beach."
+        edited = persona.edit(name, source, instruction, replay=False).image
         src = Image.fromarray(source).resize(edited.size)
         pair = Image.new("RGB", (edited.width * 2, edited.height))
         pair.paste(src, (0, 0))
         pair.paste(edited, (edited.width, 0))
-        pictures["edit.png"] = pair
+        pictures[f"edit (source, result): {instruction}"] = pair
     return pictures

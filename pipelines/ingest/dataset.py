@@ -167,14 +167,17 @@ def _example_dataset(plan: list[dict], fs, cfg: IngestConfig) -> ray.data.Datase
 
 
 def build_ingest(
-    cfg: IngestConfig, storage: StorageConfig | None = None, feature_fn: FeatureFn | None = None
+    cfg: IngestConfig, storage: StorageConfig | None = None, feature_fn: FeatureFn | None = None,
+    snapshot: tuple[Snapshot, list] | None = None,
 ) -> IngestResult:
-    """Snapshot, validate and plan; return the quarantine report and a lazy dataset of examples."""
+    """Snapshot, validate and plan; return the quarantine report and a lazy dataset of examples.
+    `snapshot`: what `take_snapshot(cfg, storage)` returned, when the caller took it already (the
+    job names itself after the snapshot before validating it)."""
     storage = storage or StorageConfig()
     feature_fn = feature_fn or colour_histogram_features
     fs, _ = filesystem_for(cfg.uploads_uri, storage)
 
-    snapshot, layout_rows = take_snapshot(cfg, storage)
+    snapshot, layout_rows = snapshot or take_snapshot(cfg, storage)
     selection = select_objects(snapshot, fs, cfg)
     # One filesystem serves both roots: IngestConfig requires them to share a scheme.
     raw = _run_validation([cand.obj.path for cand in selection.candidates], fs, cfg, feature_fn)

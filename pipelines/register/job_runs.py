@@ -1,19 +1,27 @@
-"""The MLflow run of a batch job: created once per job id, its tags, its summary."""
+"""The MLflow run of a batch job: created once per submission, its tags (job id, Ray submission id,
+lineage), its params (the recipe and the job's settings), its summary; and the training curves of
+the concepts it registers, each in the concept's own registration run (a child of the job run)."""
 from __future__ import annotations
 
 import importlib.metadata
 import logging
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Literal
 
+from mlflow.entities import Metric, Param
 from pydantic import BaseModel, ConfigDict
 
 from pipelines.register import names
 from pipelines.register.connection import MlflowConnection
 
 log = logging.getLogger(__name__)
+
+CURVE_METRIC = "train_loss"  # a concept's loss per step; `train_loss_<term>` for each loss term
+# MLflow's limits per log_batch call (1000 metrics, 100 params) and per param value (6000 characters).
+MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, MAX_PARAM_CHARS = 1000, 100, 6000
 
 
 class JobRunSpec(BaseModel):
@@ -29,6 +37,7 @@ class JobRunSpec(BaseModel):
     zero_stage: int
     ray_submission_id: str | None = None
     code_version: str | None = None  # default: resolve_code_version()
+    params: dict[str, str] = {}  # the recipe and the job's settings (`pipelines.personalize.job_params`)
 
 
 def resolve_code_version() -> str:
@@ -87,7 +96,36 @@ class JobRuns:
             lambda: self.mlflow.client.create_run(self.mlflow.experiment_id, run_name=spec.job_id, tags=tags).info.run_id,
             f"run for job {spec.job_id}",
         )
+        params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(spec.params.items())]
+        for i in range(0, len(params), MAX_PARAMS_PER_CALL):
+            # Logging the same value again (a retried call) is allowed; params never change afterwards.
+            self.mlflow.call("log params", self.mlflow.client.log_batch, run_id, params=params[i:i + MAX_PARAMS_PER_CALL])
         return run_id
+
+    def source_run_of(self, model_id: str) -> str | None:
+        """The run that logged a LoggedModel (a concept's registration run)."""
+        return self.mlflow.call("get logged model", self.mlflow.client.get_logged_model, model_id).source_run_id
+
+    def log_training_curves(self, run_id: str | None, history: dict[str, list]) -> int:
+        """A concept's per-step training losses (`Telemetry.history`: `step`, `loss`, one column per
+        loss term) as step metrics `train_loss` and `train_loss_<term>` of `run_id`. Skipped when
+        the run has them already (a registration retried with the logged model of an earlier
+        attempt). Returns how many values were logged."""
+        steps = history.get("step") or []
+        if run_id is None or not steps:
+            return 0
+        client = self.mlflow.client
+        if self.mlflow.call("get metric history", client.get_metric_history, run_id, CURVE_METRIC):
+            return 0
+        now_ms = int(time.time() * 1000)
+        metrics = [
+            Metric(CURVE_METRIC if column == "loss" else f"{CURVE_METRIC}_{column}", float(value), now_ms, int(step))
+            for column, values in sorted(history.items()) if column != "step"
+            for step, value in zip(steps, values) if value is not None
+        ]
+        for i in range(0, len(metrics), MAX_METRICS_PER_CALL):
+            self.mlflow.call("log training curves", client.log_batch, run_id, metrics=metrics[i:i + MAX_METRICS_PER_CALL])
+        return len(metrics)
 
     def log_summary(self, run_id: str, summary_json: str, summary_markdown: str, counts: dict[str, int]) -> None:
         """The job's summary as run files, and its outcome counts as `concepts_<outcome>` metrics."""

@@ -53,3 +53,5 @@ class TrainStageConfig(BaseModel):
     max_pack_size: int = Field(128, ge=1)
     pack_memory_budget_mb: float = Field(512.0, gt=0, description="Per-worker memory the pack may use")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
+    progress_interval_s: float = Field(10.0, ge=2, description="Seconds between progress reports of steps "
+                                       "(lines in the job log); a pack's first step and its checkpoints are always reported")

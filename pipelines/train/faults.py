@@ -42,7 +42,6 @@ def maybe_fail(faults: list[FaultSpec], run_log: RunLog, point: Point, pack_inde
         if any(r["rank"] == run_log.rank and all(r.get(k) == v for k, v in where.items()) for r in run_log.read("fault")):
             continue  # fired before a restart (or in an earlier submission of the run)
         run_log.add("fault", **where)
-        log.warning("injected fault: rank %d exits at %s of pack %d", run_log.rank, point, pack_index)
-        print(f"[train] injected fault: rank {run_log.rank} exits at {point} of pack {pack_index + 1}", flush=True)
+        log.warning("injected fault: rank %d exits at %s of pack %d", run_log.rank, point, pack_index + 1)
         sys.stderr.flush()
         os._exit(1)

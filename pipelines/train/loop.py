@@ -6,6 +6,13 @@ optimizer and LR schedule), read where the last Ray checkpoint stopped, then for
 run: plan it (skip concepts already exported; a resumed pack keeps its checkpointed concepts and
 telemetry), train its steps with checkpoints, export its artifacts (rank 0, each logged once in the
 run log), and checkpoint its end.
+
+Workers print nothing: every rank makes the same progress reports through `ray.train.report`
+(`pipelines.train.progress`: ready, pack start, steps, pack done; checkpoints ride on them), and the
+job process turns rank 0's into log lines. Ray Train's controller takes one report per worker per
+poll (every 2 s), so reports without a checkpoint are sent in the background (ASYNC, in order) and a
+step is reported only when it is a pack's first, carries a checkpoint, or rank 0 says
+`progress_interval_s` have passed since its last report (a broadcast: every rank reports alike).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from pipelines.storage import StorageConfig, filesystem_for
 from pipelines.train.config import DeepSpeedConfig
 from pipelines.train.example_store import read_pools
 from pipelines.train.faults import FaultSpec, maybe_fail
+from pipelines.train.progress import pack_done_event, pack_start_event, ready_event, step_event
 from pipelines.train.run_log import RunLog
 from pipelines.train.runner import (
     PackRunner,
@@ -60,6 +68,7 @@ class WorkerSpec(BaseModel):
     recipe: TrainConfig
     deepspeed: DeepSpeedConfig
     checkpoint_every: int = 50
+    progress_interval_s: float = 10.0  # seconds between progress reports of steps (`train_steps`)
     exclude_epochs: list[int] = []  # ingest epochs held out for evaluation
     faults: list[FaultSpec] = []  # fault injection for tests
 
@@ -100,17 +109,17 @@ class Worker:
     run_log: RunLog
     artifact_fs: Any
     artifact_root: str
-    t_start: float = field(default_factory=time.perf_counter)
-    packs_run: int = 0
     concepts_exported: int = 0
     zero_reported: bool = False
+    last_report: float = 0.0  # rank 0's clock at its last progress report
 
 
 def train_loop_per_worker(config: dict) -> None:
     spec: WorkerSpec = config["spec"]
+    t0 = time.perf_counter()
     worker = start_worker(spec)
     resume = load_resume(worker)
-    announce_start(worker, resume)
+    announce_start(worker, resume, time.perf_counter() - t0)
     for index, pack in enumerate(spec.packs):
         if index < resume.pack_index:
             continue
@@ -192,15 +201,20 @@ def load_resume(worker: Worker) -> Resume:
     return Resume(saved["pack_index"], saved["step"], saved.get("active", []), saved.get("telemetry", []))
 
 
-def announce_start(worker: Worker, resume: Resume) -> None:
-    """A `start` record per rank; rank 0 says where a restarted run resumed (job log and run log)."""
+def announce_start(worker: Worker, resume: Resume, seconds: float) -> None:
+    """A `start` record per rank, a `resume` record (rank 0) when a checkpoint resumed the run, and
+    the `ready` report (the job log says where it resumed)."""
+    import ray.train
+
     resumed = resume.pack_index > 0 or resume.step > 0
     worker.run_log.add("start", world=worker.world, resumed_pack_index=resume.pack_index if resumed else None,
                        resumed_step=resume.step if resumed else None)
     if resumed and worker.rank == 0:
         worker.run_log.add("resume", pack=resume.pack_index + 1, pack_index=resume.pack_index, step=resume.step)
-        print(f"[train] resumed at pack {resume.pack_index + 1} step {resume.step} "
-              f"(attempt {worker.run_log.attempt})", flush=True)
+    report(worker, ready_event(attempt=worker.run_log.attempt, world=worker.world,
+                               zero_stage=worker.spec.deepspeed.zero_stage, seconds=seconds,
+                               resumed_pack_index=resume.pack_index if resumed else None,
+                               resumed_step=resume.step if resumed else None))
 
 
 # ----------------------------------------------------------------------------- one pack
@@ -234,6 +248,9 @@ def plan_pack(worker: Worker, index: int, pack: list[TrainConcept], resume: Resu
 def run_pack(worker: Worker, plan: PackPlan) -> None:
     """Train the pack from `plan.start`, export its concepts, checkpoint its end."""
     spec, trainer = worker.spec, worker.runner.trainer
+    t_pack = time.perf_counter()
+    report(worker, pack_start_event(pack_index=plan.index, packs=len(spec.packs), concepts=len(plan.concepts),
+                                    start=plan.start, steps=spec.recipe.steps))
     ex_fs, ex_path = filesystem_for(spec.examples_uri, spec.storage)
     pools = read_pools(ex_fs, ex_path, [c.id.key for c in plan.concepts], exclude_epochs=spec.exclude_epochs)
     # Optimizer state and schedule for step `start`; the frozen VAE runs here, once per image.
@@ -242,38 +259,61 @@ def run_pack(worker: Worker, plan: PackPlan) -> None:
         worker.runner.reset_concepts(plan.concepts, pools)
         for tel, value in zip(plan.telemetry, trainer.first_batch_losses(pools)):
             tel.first_batch_before = value
-    t_pack = time.perf_counter()
-    if worker.rank == 0:
-        print(f"[train] pack {plan.index + 1}/{len(spec.packs)}: {len(plan.concepts)} concepts, "
-              f"steps {plan.start}..{spec.recipe.steps}", flush=True)
-    train_steps(worker, plan, pools)
+    loss = train_steps(worker, plan, pools)
     for tel, value in zip(plan.telemetry, trainer.first_batch_losses(pools)):
         tel.first_batch_after = value
     export_pack(worker, plan)
     maybe_fail(spec.faults, worker.run_log, "after_export", plan.index)
-    checkpoint(worker, plan.index + 1, 0, [], [], {"pack": plan.index, "packs_done": plan.index + 1,
-                                                   "exported": sum(plan.export)})
-    report_progress(worker, plan, time.perf_counter() - t_pack)
+    done = sum(len(p) for p in spec.packs[: plan.index + 1])
+    checkpoint(worker, plan.index + 1, 0, [], [], pack_done_event(
+        pack_index=plan.index, packs=len(spec.packs), concepts=len(plan.concepts), loss=loss, exported=sum(plan.export),
+        seconds=time.perf_counter() - t_pack, concepts_done=done, concepts_total=sum(len(p) for p in spec.packs)))
 
 
-def train_steps(worker: Worker, plan: PackPlan, pools) -> None:
-    """Steps `plan.start`.. of the pack, one at a time, with a checkpoint every `checkpoint_every`."""
+def train_steps(worker: Worker, plan: PackPlan, pools) -> float | None:
+    """Steps `plan.start`.. of the pack, one at a time, with a checkpoint every `checkpoint_every`
+    riding on that step's progress report. Returns the last step's loss (None: no step left)."""
     spec = worker.spec
     keys = [c.id.key for c in plan.concepts]
+    loss = None
 
     def on_step(record):
         for slot, tel in enumerate(plan.telemetry):
             tel.add(record, slot)
 
     for step in range(plan.start, spec.recipe.steps):
-        worker.runner.trainer.train(pools, step, step + 1, on_step)
-        done = step + 1
+        (record,) = worker.runner.trainer.train(pools, step, step + 1, on_step)
+        done, loss = step + 1, record.loss
+        event = step_event(pack_index=plan.index, packs=len(spec.packs), step=done, steps=spec.recipe.steps,
+                           concepts=len(plan.concepts), loss=record.loss, seconds=record.seconds)
         if done < spec.recipe.steps and done % spec.checkpoint_every == 0:
-            checkpoint(worker, plan.index, done, keys, plan.telemetry, {"pack": plan.index, "step": done})
+            checkpoint(worker, plan.index, done, keys, plan.telemetry, event)
+        elif step == plan.start or _rank0_says(worker, time.time() - worker.last_report >= spec.progress_interval_s):
+            report(worker, event)
         maybe_fail(spec.faults, worker.run_log, "after_step", plan.index, done)
     if spec.deepspeed.zero_stage == 3 and not worker.zero_reported:
         worker.run_log.add("zero", pack_index=plan.index, **zero3_partitioning(worker.bundle.model))
         worker.zero_reported = True
+    return loss
+
+
+def report(worker: Worker, event: dict) -> None:
+    """A progress report without a checkpoint: sent in the background (Ray keeps reports in order),
+    so training does not wait for the controller to take it."""
+    import ray.train
+
+    ray.train.report(event, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+    worker.last_report = time.time()
+
+
+def _rank0_says(worker: Worker, decision: bool) -> bool:
+    """Rank 0's `decision` on every rank (a one-element broadcast): what only rank 0's clock decides
+    must still be done by every rank alike."""
+    if worker.world == 1:
+        return decision
+    flag = torch.tensor([1 if decision else 0], dtype=torch.int32, device=worker.engine.device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def export_pack(worker: Worker, plan: PackPlan) -> None:
@@ -307,17 +347,6 @@ def checkpoint(worker: Worker, pack_index: int, step: int, active: list[str], te
                         "telemetry": [t.to_dict() for t in telemetry]}
             (Path(d) / PROGRESS_FILE).write_text(json.dumps(progress))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    worker.last_report = time.time()
     if worker.rank == 0:
         worker.run_log.add("checkpoint", pack_index=pack_index, step=step)
-
-
-def report_progress(worker: Worker, plan: PackPlan, seconds: float) -> None:
-    """Rank 0's `[train] pack k/N done` line with an ETA from this attempt's packs."""
-    if worker.rank != 0:
-        return
-    worker.packs_run += 1
-    packs = len(worker.spec.packs)
-    eta = (time.perf_counter() - worker.t_start) / worker.packs_run * (packs - plan.index - 1)
-    total = sum(len(p) for p in worker.spec.packs)
-    print(f"[train] pack {plan.index + 1}/{packs} done in {seconds:.1f}s | exported {sum(plan.export)} | "
-          f"concepts {sum(len(p) for p in worker.spec.packs[: plan.index + 1])}/{total} | ETA {eta:.0f}s", flush=True)

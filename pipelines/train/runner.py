@@ -60,16 +60,27 @@ class Telemetry:
     # Loss on the pack's first batch before training and after it: same data, a clean "did it learn".
     first_batch_before: float | None = None
     first_batch_after: float | None = None
+    # Per step, columns of equal length: `step` (steps of the pack done, 1-based), `loss` (the sum of
+    # the concept's loss terms, as the first-batch losses) and one column per term (None: not in that
+    # step). What the concept's MLflow run shows as training curves.
+    history: dict[str, list] = field(default_factory=dict)
 
     def add(self, record: StepRecord, slot: int) -> None:
         """Count one step of the pack for the concept in `slot`."""
         self.steps += 1
         self.samples += record.samples[slot]
         self.seconds += record.seconds  # the pack's concepts train concurrently: each takes the whole step
+        terms = {}
         for task, values in record.task_losses.items():
             value = values[slot]
             if value == value:  # not NaN: the step had that task for the concept
                 self.curve.setdefault(task, []).append(value)
+                terms[task] = float(value)
+        rows = len(self.history.get("step", []))
+        self.history.setdefault("step", []).append(record.step + 1)
+        self.history.setdefault("loss", []).append(sum(terms.values()) if terms else None)
+        for task in set(terms) | {k for k in self.history if k not in ("step", "loss")}:
+            self.history.setdefault(task, [None] * rows).append(terms.get(task))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,6 +216,8 @@ def export_artifact(fs, artifact_root: str, concept: TrainConcept, tensors: dict
         extra={
             "telemetry": {"steps": telemetry.steps, "samples": telemetry.samples, "wall_seconds": round(telemetry.seconds, 3)},
             "loss_curve": {k: [round(x, 5) for x in v] for k, v in telemetry.curve.items()},
+            "loss_history": {k: [v if v is None or k == "step" else round(v, 6) for v in column]
+                             for k, column in telemetry.history.items()},
         },
     )
     art = ConceptArtifact(**tensors, manifest=manifest, mode=mode)

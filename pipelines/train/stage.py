@@ -19,6 +19,7 @@ from pipelines.train.config import TrainStageConfig
 from pipelines.train.faults import FaultSpec
 from pipelines.train.loop import WorkerSpec, train_loop_per_worker
 from pipelines.train.packs import bytes_per_concept, make_packs, pack_size_for
+from pipelines.train.progress import follow_progress
 from pipelines.train.runner import TrainConcept, artifact_exists
 
 log = logging.getLogger("omnipersona.train")
@@ -101,10 +102,11 @@ def run_training(
         job_id=job_id, run_uri=join(run_storage_uri, name), model_uri=model_uri, examples_uri=examples_uri,
         artifact_root=artifact_root, storage=storage, packs=packs, train_keys=[c.id.key for c in todo],
         pack_size=pack_size, recipe=cfg.recipe, deepspeed=cfg.deepspeed, checkpoint_every=cfg.checkpoint_every,
+        progress_interval_s=cfg.progress_interval_s,
         faults=faults or [], exclude_epochs=exclude_epochs or [],
     )
-    log.info("run %s: %d of %d planned concepts to train, packs of <= %d, %d workers (ZeRO-%d)", name, len(todo),
-             len(planned), pack_size, cfg.scaling.num_workers, cfg.deepspeed.zero_stage)
+    log.info("[train] run %s: %d of %d planned concepts to train in %d packs of <= %d; starting %d workers (ZeRO-%d)",
+             name, len(todo), len(planned), len(packs), pack_size, cfg.scaling.num_workers, cfg.deepspeed.zero_stage)
     error = fit(spec, cfg, name, run_storage_uri, storage)
     return TrainResult(packs=[[c.id.key for c in pack] for pack in packs], pack_size=pack_size, error=error,
                        run_name=name, run_uri=spec.run_uri)
@@ -116,23 +118,26 @@ def fit(spec: WorkerSpec, cfg: TrainStageConfig, name: str, run_storage_uri: str
     from ray.train.torch import TorchTrainer
 
     run_fs, run_path = filesystem_for(run_storage_uri, storage)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        # The spec object itself (pickled), not a JSON dump: credentials are SecretStr fields.
-        train_loop_config={"spec": spec},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=RunConfig(
-            # The same job inputs give the same name (see `run_name`): a resubmission resumes.
-            name=name,
-            storage_path=run_path,
-            storage_filesystem=run_fs,
-            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    try:
-        result = trainer.fit()
-    except TrainingFailedError as exc:  # Ray Train V2 raises once its restarts (max_failures) are spent
-        return f"{type(exc).__name__}: {exc}"
+    # The workers' progress reports become this process's log lines (`pipelines.train.progress`).
+    with follow_progress() as progress_callback:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            # The spec object itself (pickled), not a JSON dump: credentials are SecretStr fields.
+            train_loop_config={"spec": spec},
+            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+            run_config=RunConfig(
+                # The same job inputs give the same name (see `run_name`): a resubmission resumes.
+                name=name,
+                storage_path=run_path,
+                storage_filesystem=run_fs,
+                failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=[progress_callback],
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:  # Ray Train V2 raises once its restarts (max_failures) are spent
+            return f"{type(exc).__name__}: {exc}"
     return str(result.error) if result.error else None

@@ -1,10 +1,12 @@
 """End to end, as an MLOps team runs it: `ray job submit` to a Ray head, S3 (SeaweedFS), MLflow."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,12 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def ray_job_submit(ray_head, job_yaml: Path, env_vars: dict) -> subprocess.CompletedProcess:
+    """`ray job submit` under a submission id of its own (`done.submission_id`)."""
     runtime_env = {"env_vars": env_vars}
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
-           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
-           "python", "-m", "jobs.personalize", "--config", str(job_yaml)]
     for _ in range(24):
+        submission_id = f"e2e-{uuid.uuid4().hex[:12]}"
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
+               "--submission-id", submission_id, "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
+               "python", "-m", "jobs.personalize", "--config", str(job_yaml)]
         done = subprocess.run(cmd, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=900)
+        done.submission_id = submission_id
         # A freshly started head answers before its job agent is up: that is not a failed job.
         if "No available agent" not in done.stdout + done.stderr:
             return done
@@ -84,7 +89,6 @@ def names(config):
 def test_submitted_job_registers_healthy_concepts_and_reports_the_broken_one(submitted):
     first = submitted["first"]
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    assert "[train] pack" in first.stdout  # progress in the job log
     client = MlflowClient(submitted["config"]["mlflow"]["tracking_uri"])
     registered = names(submitted["config"])
     assert len(registered) == 5
@@ -103,6 +107,78 @@ def test_submitted_job_registers_healthy_concepts_and_reports_the_broken_one(sub
     torn = [c for c in summary["concepts"] if c["concept_key"] == "globex/torn"]
     assert torn and torn[0]["outcome"] == "quarantined" and "concept.json" in torn[0]["reason"]
     assert sum(c["outcome"] == "done" for c in summary["concepts"]) == 5
+
+
+def job_summary(submitted) -> dict:
+    server = submitted["server"]
+    fs, base = filesystem_for(server.uri("e2e/work"), server.storage_config())
+    (path,) = [f.path for f in list_files(fs, base) if f.path.endswith("summary.json")]
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def job_log(done: subprocess.CompletedProcess) -> list[str]:
+    """The job's own output in what `ray job submit` printed: after Ray's "Running entrypoint for
+    job ..." line, up to the submission's closing "----" line."""
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Running entrypoint for job "))
+    end = next(i for i, line in enumerate(lines) if i > start and " cli.py:" in line and "-----" in line)
+    return [line for line in lines[start + 1:end] if line.strip()]
+
+
+def test_the_job_log_is_for_people(submitted):
+    """Job id first; one line per stage; progress inside packs with rate and ETA; every line once;
+    none of Ray's, MLflow's or Python's noise."""
+    first = submitted["first"]
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    summary = job_summary(submitted)
+    lines = job_log(first)
+    text = "\n".join(lines)
+    assert f"job {summary['job_id']}, MLflow run {summary['run_id']}, Ray submission {first.submission_id}" in lines[0], lines[:5]
+    for stage in ("[1/5] ingest: ", "[2/5] select: ", "[3/5] train: ", "[4/5] evaluate and [5/5] register: "):
+        assert sum(stage in line for line in lines) == 1, (stage, text)
+    steps = [line for line in lines if re.search(r"\[train\] pack \d/2 step \d/4 \| loss [\d.]+ per concept \| "
+                                                 r"[\d.]+ steps/s \| pack ETA \d+s \| run ETA \d+s$", line)]
+    assert {re.search(r"pack (\d)/2", line).group(1) for line in steps} == {"1", "2"}, text
+    assert sum("[train] pack 1/2 done in" in line for line in lines) == 1, text
+    repeated = sorted({line for line in lines if lines.count(line) > 1})
+    assert not repeated, repeated
+    for noise in ("PlacementGroupCleaner", "TrainController", "RayTrainWorker", "pickle", "can be interpreted in multiple ways",
+                  "Warning", "Downloading artifacts", "logging_progress", "INFO worker.py", "View run", "View experiment"):
+        assert noise not in text, (noise, text)
+
+
+def test_mlflow_tracks_the_recipe_the_curves_each_concepts_metrics_and_the_submission(submitted):
+    first = submitted["first"]
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    client = MlflowClient(submitted["config"]["mlflow"]["tracking_uri"])
+    run = client.get_run(job_summary(submitted)["run_id"])
+    recipe = submitted["config"]["train"]["recipe"]
+    # The recipe and the job's settings are params (credentials and the tracking URI are not).
+    params = run.data.params
+    assert {k: params[f"recipe.{k}"] for k in ("steps", "batch_size", "lr")} == {k: str(recipe[k]) for k in ("steps", "batch_size", "lr")}
+    assert params["train.pack_size"] == "4" and params["train.deepspeed.zero_stage"] == "2"
+    assert params["ingest.epochs"] == "2" and params["gate.minimums.recognition_accuracy"] == "0.0"
+    assert not [k for k in params if k.startswith("storage") or "tracking_uri" in k]
+    assert run.data.tags["omnipersona.ray_submission_id"] == first.submission_id
+    # Per-concept metrics live only in each concept's registration run (a child of the job run).
+    assert set(run.data.metrics) == {f"concepts_{o}" for o in ("done", "skipped", "quarantined", "failed", "pending")}
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 5
+    curves = {}
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "train_loss")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4], child.info.run_name
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss_ce")] == [1, 2, 3, 4]
+        curves[child.info.run_name] = [m.value for m in sorted(history, key=lambda m: m.step)]
+        # Sample pictures named for what they show: the task and its prompt.
+        pictures = sorted(a.path for a in client.list_artifacts(child.info.run_id, "pictures"))
+        assert len(pictures) == 2 and pictures[0].startswith("pictures/edit_source_result_Put_"), pictures
+        assert pictures[1].startswith("pictures/text-to-image_A_photo_of_"), pictures
+    a, b = sorted(children, key=lambda r: r.info.run_name)[:2]
+    assert "final_loss_ce" in a.data.metrics and "final_loss_ce" in b.data.metrics
+    assert curves[a.info.run_name] != curves[b.info.run_name]
+    assert a.data.metrics["final_loss_ce"] != b.data.metrics["final_loss_ce"]
 
 
 def versions(config) -> dict[str, list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,14 @@ def test_versions_follow_recipe_and_base_and_an_unchanged_rerun_trains_nothing(
     assert "2 run(s)" in status.stdout and third.run_id in status.stdout and fourth.run_id in status.stdout, status.stdout
 
 
+def assert_log_for_people(stdout: str) -> None:
+    """The job's log: its first line names the job and its MLflow run, no line twice, no Ray noise."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert re.search(r" omnipersona\.job: job job-[0-9a-f]{12}, MLflow run [0-9a-f]{32}$", lines[0]), lines[:3]
+    assert not sorted({line for line in lines if lines.count(line) > 1}), stdout[-3000:]
+    assert not [line for line in lines if "pid=" in line or "PlacementGroupCleaner" in line], stdout[-3000:]
+
+
 def submit(ray_head, job_yaml: Path, env_vars: dict) -> subprocess.CompletedProcess:
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
            "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
@@ -149,6 +158,7 @@ def test_a_failed_concept_fails_the_job_with_its_exit_code_and_the_summary_says_
                          capture_output=True, text=True, timeout=900)
     assert cli.returncode == 3, cli.stdout[-3000:] + cli.stderr[-3000:]
     assert "1 done, 0 skipped, 0 quarantined, 1 failed" in cli.stdout, cli.stdout[-3000:]
+    assert_log_for_people(cli.stdout)
 
     fs, work = filesystem_for(s3.uri("promises/promises-failure/work"), s3.storage_config())
     (summary_path,) = [f.path for f in list_files(fs, work) if f.path.endswith("/summary.json")]
@@ -210,6 +220,8 @@ def test_a_killed_job_resubmitted_resumes_at_its_checkpoint(world, ray_head, mlf
     at = (resumed[0]["pack_index"], resumed[0]["step"])
     assert at in recorded and at[0] == 1 and at[1] > 0, (resumed[0], sorted(recorded))
     assert f"[train] resumed at pack {resumed[0]['pack']} step {resumed[0]['step']}" in again.stdout
+    assert again.stdout.count("[train] resumed at pack") == 1, again.stdout[-3000:]
+    assert_log_for_people(again.stdout)
     exports = read_run_log(str(run_dir), None, "export")
     assert sorted(r["concept"] for r in exports) == sorted(f"{TENANT}/{c.name}" for c in world["concepts"]), exports
     assert "2 done" in again.stdout, again.stdout[-3000:]
