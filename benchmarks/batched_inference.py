@@ -193,9 +193,7 @@ def main(argv=None) -> dict:
                          [[h["config"], f"{h['one_at_a_time_cpu_s']:.2f}", f"{h['batched_cpu_s']:.2f}",
                            f"{h['one_at_a_time_cpu_s'] / h['batched_cpu_s']:.2f}x", h["metrics_equal"]] for h in harness]))
     print()
-    payload = {"machine": machine(), "args": vars(args), "rows": results, "harness": harness}
-    print_result("batched_inference", payload)
-    return payload
+    return print_result("batched_inference", {"machine": machine(), "args": vars(args), "rows": results, "harness": harness})
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def print_result(name: str, payload: dict) -> None:
+def print_result(name: str, payload: dict) -> dict:
+    """One `RESULT {json}` line a script or a log scraper can pick up; returns `payload`."""
     print("RESULT " + json.dumps({"benchmark": name, **payload}, default=str), flush=True)
+    return payload
 
 
 def tiny_model_dir(folder: str | None = None) -> Path:

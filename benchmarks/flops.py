@@ -212,9 +212,7 @@ def main(argv=None) -> dict:
                           "VAE precompute GFLOP / sample (once a pack)", "batch-build GFLOP / sample (every step)",
                           "step (ms)", "build (ms)", "achieved GFLOP/s", "matmul peak GFLOP/s", "MFU"], rows))
     print()
-    payload = {"machine": machine(), "args": vars(args), "matmul_peak_flops": peak, "rows": results}
-    print_result("flops", payload)
-    return payload
+    return print_result("flops", {"machine": machine(), "args": vars(args), "matmul_peak_flops": peak, "rows": results})
 
 
 if __name__ == "__main__":

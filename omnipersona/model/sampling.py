@@ -80,11 +80,16 @@ def append_text(
     return append_text_batch(model, [ctx], [ids], special, virtual_table, virtual_gen_start)[0]
 
 
-def append_vit_image_batch(model: Bagel, ctxs: list[Context], pixels: list[torch.Tensor], special: SpecialTokens) -> None:
-    """One ViT image per context, one forward (and one ViT call) for all."""
-    positions = model.prefill_vit_image_batch([c.cache for c in ctxs], [c.position for c in ctxs], pixels, special.image_markers)
+def _prefill_images(prefill, ctxs: list[Context], images: list[torch.Tensor], special: SpecialTokens) -> None:
+    """Append one image per context with `prefill` (one forward for all) and advance each position."""
+    positions = prefill([c.cache for c in ctxs], [c.position for c in ctxs], images, special.image_markers)
     for ctx, position in zip(ctxs, positions):
         ctx.position = position
+
+
+def append_vit_image_batch(model: Bagel, ctxs: list[Context], pixels: list[torch.Tensor], special: SpecialTokens) -> None:
+    """One ViT image per context, one forward (and one ViT call) for all."""
+    _prefill_images(model.prefill_vit_image_batch, ctxs, pixels, special)
 
 
 def append_vit_image(model: Bagel, ctx: Context, pixels: torch.Tensor, special: SpecialTokens) -> None:
@@ -93,9 +98,7 @@ def append_vit_image(model: Bagel, ctx: Context, pixels: torch.Tensor, special: 
 
 def append_vae_latent_batch(model: Bagel, ctxs: list[Context], latents: list[torch.Tensor], special: SpecialTokens) -> None:
     """One clean VAE latent per context, one forward for all."""
-    positions = model.prefill_vae_latent_batch([c.cache for c in ctxs], [c.position for c in ctxs], latents, special.image_markers)
-    for ctx, position in zip(ctxs, positions):
-        ctx.position = position
+    _prefill_images(model.prefill_vae_latent_batch, ctxs, latents, special)
 
 
 def append_vae_latent(model: Bagel, ctx: Context, latent: torch.Tensor, special: SpecialTokens) -> None:
