@@ -1,11 +1,16 @@
-"""Build (or find) the cached world base and the evaluation probe.
+"""The world base and the evaluation probe: check the shipped ones, or build and ship them.
 
-    python benchmarks/pretrain_base.py            # ~27 min on one CPU core the first time (measured), then instant
-    python benchmarks/pretrain_base.py --out DIR  # also copy the base folder to DIR
+    python benchmarks/pretrain_base.py                  # what the shipped base can do (checks below), ~3 min
+    python benchmarks/pretrain_base.py --write-shipped  # build the default recipe (~27 min on one CPU core,
+                                                        # measured; instant from the cache) and the probe, and
+                                                        # write both to omnipersona/pretrain/shipped/
+    python benchmarks/pretrain_base.py --out DIR        # also copy the base folder to DIR
 
 The base is a BAGEL-architecture checkpoint (release layout: llm_config.json, vit_config.json,
-ema.safetensors, ae.safetensors, tokenizer files) pretrained on the procedural world; it lives in
-`$OMNIPERSONA_BASE_CACHE/world-base-<config digest>` (default root ~/.cache/omnipersona).
+ema.safetensors, ae.safetensors, tokenizer files) pretrained on the procedural world. The default
+recipe's ships with the package (`omnipersona/pretrain/shipped/world-base`, `model.uri: world`); a
+build lives in `$OMNIPERSONA_BASE_CACHE/world-base-<config digest>` (default root ~/.cache/omnipersona).
+`--write-shipped --root $(mktemp -d)` builds from nothing; on the same machine it writes the same bytes.
 """
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ from omnipersona.pretrain.tasks import pretrain_sample  # noqa: E402
 from omnipersona.world import make_concepts  # noqa: E402
 from omnipersona.evaluation import EvalOptions  # noqa: E402
 from omnipersona.evaluation.metrics import answer_score, weighted_recognition_accuracy  # noqa: E402
-from omnipersona.pretrain.probe import ProbeConfig, ensure_probe, probe_accuracy  # noqa: E402
+from omnipersona.pretrain.probe import ProbeConfig, ensure_probe, probe_accuracy, probe_folder  # noqa: E402
+from omnipersona.pretrain.shipped import SHIPPED_ROOT, write_shipped  # noqa: E402
 from omnipersona.world.eval_sets import eval_set_from_world  # noqa: E402
 
 CHECK_SEED = 4242  # pretraining draws from seed 0: these samples are fresh
@@ -141,21 +147,33 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="copy the finished base folder here")
     ap.add_argument("--root", default=None, help="cache root (default $OMNIPERSONA_BASE_CACHE or ~/.cache/omnipersona)")
     ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--write-shipped", action="store_true",
+                    help=f"build (or take from the cache, never from the shipped files) the default base and probe, "
+                         f"and write them to {SHIPPED_ROOT}")
     args = ap.parse_args(argv)
 
     start = time.time()
     cfg = PretrainConfig()
+    probe_cfg = ProbeConfig(image_size=cfg.model.image_size)
+    if args.write_shipped:
+        built = ensure_world_base(cfg, args.root, shipped=False)
+        ensure_probe(probe_cfg, args.root, shipped=False)
+        table = write_shipped(built, probe_folder(probe_cfg, args.root))
+        print(f"wrote {SHIPPED_ROOT} from {built} ({sum(size for _, size in table.values())} bytes):")
+        for name, (sha, size) in table.items():
+            print(f"  {sha[:16]}  {size:>9}  {name}")
     folder = ensure_world_base(cfg, args.root)
     recipe = json.loads((folder / "pretrain_recipe.json").read_text())
     print(f"world base: {folder} ({folder_size(folder) / 2**20:.1f} MiB), digest {cfg.digest()}")
-    print(f"  built in {recipe['seconds']['total']:.0f}s: {json.dumps({k: round(v) for k, v in recipe['seconds'].items()})}")
+    if "seconds" in recipe:  # a build's own record (the shipped recipe keeps only what the bytes depend on)
+        print(f"  built in {recipe['seconds']['total']:.0f}s: {json.dumps({k: round(v) for k, v in recipe['seconds'].items()})}")
     print(f"  final losses: {json.dumps({k: round(v, 4) for k, v in recipe['final'].items() if v is not None})}")
     checks = base_checks(folder)
     print("  base checks on fresh samples (answer score / Yes-No accuracy): "
           + ", ".join(f"{k} {v:.2f}" for k, v in checks.items()))
     probe = None
     if not args.skip_probe:
-        probe = ensure_probe(ProbeConfig(image_size=cfg.model.image_size), args.root)
+        probe = ensure_probe(probe_cfg, args.root)
         acc = probe_accuracy(probe)
         print("probe accuracy on fresh clean renders: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
     held_out = concept_checks(folder, probe)

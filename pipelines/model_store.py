@@ -1,4 +1,4 @@
-"""Resolving the job's base model: a checkpoint URI, or the tiny test model built on demand.
+"""Resolving the job's base model: a checkpoint URI, the shipped world base, or the tiny test model.
 
 Also the vision-encoder feature extractor ingest uses to mine hard negatives: a small picklable
 object that loads the base once per Ray worker process (functools.cache), never shipping weights
@@ -16,9 +16,21 @@ from pydantic import SecretStr
 
 from pipelines.storage import StorageConfig, filesystem_for
 
+def world_base_folder() -> Path:
+    """The shipped world base's folder (torch-free: preflight checks it like any base folder)."""
+    from omnipersona.pretrain.shipped import SHIPPED_BASE
+
+    if not (SHIPPED_BASE / "ema.safetensors").exists():
+        raise FileNotFoundError(f"the shipped world base is missing from {SHIPPED_BASE}: reinstall the package, "
+                                "or write it with python benchmarks/pretrain_base.py --write-shipped")
+    return SHIPPED_BASE
+
 
 def resolve_model_uri(uri: str, tiny_cache: str = "~/.cache/omnipersona/tiny-bagel") -> str:
-    """'tiny' -> a local tiny BAGEL folder (built once); anything else is returned as is."""
+    """'world' -> the shipped world base folder; 'tiny' -> a local tiny BAGEL folder (built once);
+    anything else is returned as is."""
+    if uri == "world":
+        return str(world_base_folder())
     if uri != "tiny":
         return uri
     from omnipersona.model.tiny import build_tiny_bagel

@@ -220,6 +220,10 @@ def _mlflow(tracking_uri: str) -> list[Problem]:
 def _base_model(uri: str, storage: StorageConfig) -> list[Problem]:
     if uri == "tiny":
         return []
+    if uri == "world":  # the base shipped with the package: checked like any local base folder
+        from omnipersona.pretrain.shipped import SHIPPED_BASE
+
+        uri = str(SHIPPED_BASE)
     where = _where("model.uri", uri)
     try:
         fs, path = filesystem_for(uri, storage)

@@ -1,7 +1,11 @@
-"""Build the world base in the BAGEL release layout, or reuse the cached one.
+"""Build the world base in the BAGEL release layout, or reuse the shipped or the cached one.
 
-    folder = ensure_world_base()            # builds once (~27 min on one CPU core), then cached
+    folder = ensure_world_base()            # the shipped base (omnipersona/pretrain/shipped/world-base)
     bundle = load_world_base()              # LoadedBagel, like any BAGEL checkpoint
+    ensure_world_base(cfg)                  # another recipe: built once (~27 min on one CPU core), then cached
+
+The default recipe's base ships with the package (`shipped.py`); `ensure_world_base` returns it
+whenever the config asked for has its digest and no cache root is given.
 
 Cache: `$OMNIPERSONA_BASE_CACHE/world-base-<config digest>` (default root `~/.cache/omnipersona`).
 A build writes into a temporary sibling folder and renames it when complete, under a file lock, so
@@ -28,12 +32,12 @@ from .base_stage import train_base
 from .curriculum_stage import train_curriculum
 from .batches import PretrainBatcher
 from .config import PretrainConfig, bagel_config
+from .shipped import RECIPE_FILE, SHIPPED_BASE, shipped_base_digest
 from .tasks import corpus
 from .vae_stage import train_vae
 from .vit_stage import train_vit
 
 CACHE_ENV = "OMNIPERSONA_BASE_CACHE"
-RECIPE_FILE = "pretrain_recipe.json"
 
 
 def cache_root() -> Path:
@@ -144,9 +148,12 @@ def build_world_base(folder: str | Path, cfg: PretrainConfig | None = None, log=
         torch.set_num_threads(threads_before)
 
 
-def ensure_world_base(cfg: PretrainConfig | None = None, root: str | Path | None = None, log=print) -> Path:
-    """The cached world base folder for `cfg`, built first when missing."""
+def ensure_world_base(cfg: PretrainConfig | None = None, root: str | Path | None = None, log=print, shipped: bool = True) -> Path:
+    """The world base folder for `cfg`: the shipped one when it has `cfg`'s digest (and `shipped` and
+    no `root` are given), else the cached one, built first when missing."""
     cfg = cfg or PretrainConfig()
+    if shipped and root is None and shipped_base_digest() == cfg.digest() and is_complete(SHIPPED_BASE):
+        return SHIPPED_BASE
     folder = base_folder(cfg, root)
     if is_complete(folder):
         return folder
@@ -166,4 +173,5 @@ def ensure_world_base(cfg: PretrainConfig | None = None, root: str | Path | None
 
 
 def load_world_base(cfg: PretrainConfig | None = None, root: str | Path | None = None, log=print) -> LoadedBagel:
+    """The world base for `cfg` (default: the shipped one), loaded."""
     return load_bagel(str(ensure_world_base(cfg, root, log=log)))

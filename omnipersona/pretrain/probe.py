@@ -8,7 +8,8 @@ are the CLIP-I analogue (image-feature cosine to the references). `world_judge` 
 `world` judge plug-in (`omnipersona.evaluation.plugins`).
 
 Trained on clean renders plus blurred / resampled / noisy copies, so it reads the soft pictures a
-small VAE decodes as well. Independent of the model under test; cached like the world base.
+small VAE decodes as well. Independent of the model under test; shipped with the world base for its
+32-pixel pictures (`shipped.py`), trained and cached for other sizes.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from torch import nn
 from ..world.judging import Reading, WorldJudge
 from .labels import HEADS
 from .labels import labelled_render as _labelled
+from .shipped import SHIPPED_PROBE, shipped_probe_config
 
 OBJECT_HEADS = ("shape", "colour", "pattern", "accessory_type", "accessory_colour")
 PROBE_ENV = "OMNIPERSONA_BASE_CACHE"
@@ -184,9 +186,12 @@ def probe_folder(cfg: ProbeConfig = ProbeConfig(), root: str | Path | None = Non
     return root / f"world-probe-{cfg.digest()}"
 
 
-def ensure_probe(cfg: ProbeConfig = ProbeConfig(), root: str | Path | None = None, log=print) -> WorldProbe:
-    """The cached probe for `cfg`, trained first when missing (~1-3 min on one CPU core)."""
+def ensure_probe(cfg: ProbeConfig = ProbeConfig(), root: str | Path | None = None, log=print, shipped: bool = True) -> WorldProbe:
+    """The probe for `cfg`: the shipped one when its config is `cfg` (and `shipped` and no `root` are
+    given), else the cached one, trained first when missing (~1-3 min on one CPU core)."""
     folder = probe_folder(cfg, root)
+    if shipped and root is None and shipped_probe_config() == cfg.model_dump():
+        folder = SHIPPED_PROBE
     weights = folder / "probe.safetensors"
     if weights.exists():
         probe = WorldProbe(cfg)
@@ -207,5 +212,6 @@ def ensure_probe(cfg: ProbeConfig = ProbeConfig(), root: str | Path | None = Non
 
 
 def world_judge(image_size: int, log=print) -> WorldProbe:
-    """The `world` judge plug-in: the cached probe for pictures of `image_size` pixels."""
+    """The `world` judge plug-in: the probe for pictures of `image_size` pixels (shipped for 32, the
+    world base's size; trained once and cached for others)."""
     return ensure_probe(ProbeConfig(image_size=image_size), log=log)

@@ -327,11 +327,14 @@ def test_clip_style_extractor_feeds_the_cosine(tmp_path):
 
 # ----------------------------------------------------------------------------- the world base recipe
 def test_world_base_recipe_builds_a_loadable_cached_bagel(tmp_path):
-    """A few steps of every stage: release layout, strict load, cache hit, same bytes when rebuilt."""
+    """A few steps of every stage: release layout, strict load, cache hit, same bytes when rebuilt —
+    every shipped file (`write_shipped`: tokenizer and recipe too), not only the weights."""
     from omnipersona.model.checkpoint import load_bagel
     from omnipersona.pretrain import PretrainConfig, Schedule, ensure_world_base
     from omnipersona.pretrain.config import Curriculum
     from omnipersona.pretrain.build import build_world_base
+    from omnipersona.pretrain.probe import ensure_probe, probe_folder
+    from omnipersona.pretrain.shipped import SUMS_FILE, check_shipped, write_shipped
 
     cfg = PretrainConfig(vae_crop_steps=2, vae_steps=1, vit_steps=2, schedule=Schedule(steps=2, batch_size=4, warmup_steps=1),
                          curriculum=Curriculum(item_steps=1, plain_colour_steps=1, single_attribute_steps=1, named_steps=2, batch_size=6,
@@ -346,6 +349,19 @@ def test_world_base_recipe_builds_a_loadable_cached_bagel(tmp_path):
     again = build_world_base(tmp_path / "again", cfg, log=None)  # no stage cache: every stage retrained
     assert (again / "ema.safetensors").read_bytes() == (folder / "ema.safetensors").read_bytes()
     assert (again / "ae.safetensors").read_bytes() == (folder / "ae.safetensors").read_bytes()
+
+    probe_cfg = ProbeConfig(steps=2, batch_size=4, width=8, feature_dim=16)
+    ensure_probe(probe_cfg, tmp_path / "cache", log=None)
+    first = write_shipped(folder, probe_folder(probe_cfg, tmp_path / "cache"), tmp_path / "shipped")
+    second = write_shipped(again, probe_folder(probe_cfg, tmp_path / "cache"), tmp_path / "shipped-again")
+    assert first == second and "world-base/tokenizer.json" in first and "world-probe/probe.safetensors" in first
+    assert check_shipped(tmp_path / "shipped") == []
+    assert load_bagel(str(tmp_path / "shipped" / "world-base")).fingerprint == bundle.fingerprint
+    (tmp_path / "shipped" / "world-base" / "ema.safetensors").write_bytes(b"not weights")
+    (tmp_path / "shipped" / "world-probe" / "extra.bin").write_bytes(b"")
+    problems = check_shipped(tmp_path / "shipped")
+    assert len(problems) == 2 and problems[0] == f"world-probe/extra.bin: not listed in {SUMS_FILE}", problems
+    assert problems[1].startswith("world-base/ema.safetensors: sha256 "), problems
 
 
 def test_curriculum_phases_and_annealed_phase_three():
