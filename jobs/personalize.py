@@ -62,7 +62,10 @@ def run(args) -> int:
     except Exception:  # noqa: BLE001 - the process's answer is its exit code; the traceback is logged
         log.exception("the job could not run")
         return EXIT_JOB_FAILED
-    print(summary.to_markdown(), flush=True)
+    from jobs.logs import log_format
+
+    if log_format() == "text":  # JSON lines stay JSON lines; the summary is also in the work store and MLflow
+        print(summary.to_markdown(), flush=True)
     if not summary.complete:
         log.error("job %s run %s: %s — see the summary", summary.job_id, summary.run_id, summary.counts())
         return EXIT_CONCEPTS_FAILED

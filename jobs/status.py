@@ -3,14 +3,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("status", parents=[common], help="summary (or state) of a job")
-    s.add_argument("job_id", help="the job id the job printed at start (or `--job-id` given to personalize)")
+    s.add_argument("job_id", metavar="job-or-submission-id",
+                   help="the job id the job printed at start (or `--job-id` given to personalize), or the Ray "
+                        "submission id of one of its runs (looked up in MLflow)")
     s.add_argument("--config", required=True, help="the job YAML (its stores hold the summaries)")
     s.add_argument("--json", action="store_true", help="print one JSON object (job id, state, every run's summary) instead")
     s.set_defaults(fn=run)
+
+
+def job_of_submission(cfg, submission_id: str) -> str | None:
+    """The job a Ray submission ran, from the tag on its MLflow run (None: none, or MLflow unreachable)."""
+    import os
+
+    from pipelines.register import MlflowConnection
+    from pipelines.register.job_runs import JobRuns
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # status answers now, or says it could not
+    try:
+        return JobRuns(MlflowConnection(cfg.mlflow.tracking_uri, experiment_name=cfg.mlflow.experiment)).job_of_submission(submission_id)
+    except ValueError:
+        return None  # not a token a submission id can be
+    except Exception as e:  # noqa: BLE001 - the summaries were looked up first; MLflow only maps ids
+        print(f"could not look {submission_id} up as a Ray submission in MLflow: {' '.join(str(e).split())[:200]}", file=sys.stderr)
+        return None
 
 
 def run(args) -> int:
@@ -23,6 +43,11 @@ def run(args) -> int:
     paths = JobPaths.of(cfg, args.job_id)
     fs, runs_dir = filesystem_for(paths.runs, cfg.storage)
     summaries = read_run_summaries(fs, runs_dir)
+    if not summaries and (job_id := job_of_submission(cfg, args.job_id)):
+        print(f"Ray submission {args.job_id} ran job {job_id}", file=sys.stderr)
+        args.job_id, paths = job_id, JobPaths.of(cfg, job_id)
+        fs, runs_dir = filesystem_for(paths.runs, cfg.storage)
+        summaries = read_run_summaries(fs, runs_dir)
     if args.json:
         state = "unknown"
         if summaries:

@@ -69,6 +69,11 @@ class JobRuns:
         runs = self._search(f"tags.`{names.RUN_TAG_JOB_ID}` = '{names.checked_token(job_id, 'job id')}'", 1000)
         return [r.info.run_id for r in runs]
 
+    def job_of_submission(self, submission_id: str) -> str | None:
+        """The job id of the run that a Ray submission started (None when there is none)."""
+        runs = self._search(f"tags.`{names.RUN_TAG_RAY_SUBMISSION_ID}` = '{names.checked_token(submission_id, 'submission id')}'", 1)
+        return runs[0].data.tags.get(names.RUN_TAG_JOB_ID) if runs else None
+
     def start(self, spec: JobRunSpec) -> str:
         """A new run for this submission. Created once even when the create call is retried: a
         token of this submission tags it, and a retry first looks for that token."""

@@ -78,7 +78,9 @@ def submitted(ray_head, s3_server, mlflow_server_s3, tiny_bagel_dir, tmp_path_fa
         "OMNIPERSONA_STORAGE__SECRET_KEY": s3_server.secret_key,
         "OMNIPERSONA_STORAGE__REGION": s3_server.region,
     }
-    first = ray_job_submit(ray_head, job_yaml, secrets)
+    # The head's environment holds the S3 credentials (tests.services.ray_head): Ray logs a
+    # submission's runtime env, so secrets never go in it.
+    first = ray_job_submit(ray_head, job_yaml, {})
     return dict(first=first, yaml=job_yaml, secrets=secrets, config=config, local=local, concepts=concepts, server=s3_server)
 
 
@@ -188,10 +190,24 @@ def versions(config) -> dict[str, list[str]]:
 
 def test_second_submission_registers_nothing_new(ray_head, submitted):
     before = versions(submitted["config"])
-    again = ray_job_submit(ray_head, submitted["yaml"], submitted["secrets"])
+    again = ray_job_submit(ray_head, submitted["yaml"], {})
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "nothing to train" in again.stdout or "0 to train" in again.stdout
     assert versions(submitted["config"]) == before
+
+
+def test_status_takes_the_job_id_or_the_ray_submission_id(submitted):
+    env = {**os.environ, **submitted["secrets"]}
+    first = submitted["first"]
+    by_submission = cli("status", first.submission_id, "--config", str(submitted["yaml"]), "--json", env=env)
+    assert by_submission.returncode == 0, by_submission.stderr[-2000:]
+    report = json.loads(by_submission.stdout)
+    assert f"Ray submission {first.submission_id} ran job {report['job_id']}" in by_submission.stderr
+    assert report["state"] == "complete" and report["runs"]
+    by_job = cli("status", report["job_id"], "--config", str(submitted["yaml"]), "--json", env=env)
+    assert json.loads(by_job.stdout) == report
+    unknown = cli("status", "no-such-submission", "--config", str(submitted["yaml"]), "--json", env=env)
+    assert unknown.returncode == 1 and json.loads(unknown.stdout)["state"] == "unknown"
 
 
 def test_infer_answers_with_a_champion_concept(submitted, tiny_bagel_dir):
@@ -238,3 +254,38 @@ def test_delete_removes_a_concept_completely(submitted):
     status = cli("status", summary_job, "--config", str(submitted["yaml"]), env=env)
     assert status.returncode == 0 and f"acme/{name}" not in status.stdout, status.stdout
     assert all(c.name in status.stdout for c in submitted["concepts"] if c.name != name), status.stdout
+
+
+def test_no_credential_is_written_anywhere(submitted, ray_head, mlflow_server_s3):
+    """After the job: neither the S3 secret key nor the access key is in any log (the job's output,
+    the Ray head's session logs, the MLflow server's log), the MLflow store (its database, its
+    artifacts on S3), an artifact, a summary or the work data (every object under the job's
+    prefixes), or the Ray Train run folders."""
+    server = submitted["server"]
+    needles = {"secret key": server.secret_key.encode(), "access key": server.access_key.encode()}
+    found: list[tuple[str, str]] = []
+    scanned = {"local": 0, "s3": 0}
+
+    def scan(where: str, data: bytes) -> None:
+        found.extend((what, where) for what, needle in needles.items() if needle in data)
+
+    first = submitted["first"]
+    scan("the ray job submit output", (first.stdout + first.stderr).encode())
+    mlflow_dir = Path(mlflow_server_s3.log_path).parent  # its sqlite database and its log
+    for root in (Path(ray_head.temp_dir), mlflow_dir, submitted["local"] / "ray-runs"):
+        for path in Path(root).rglob("*"):
+            if path.is_file() and not path.is_symlink() and not path.is_socket():
+                try:
+                    scan(str(path), path.read_bytes())
+                except OSError:  # a file removed meanwhile by the running head
+                    continue
+                scanned["local"] += 1
+    client = server.client()
+    for prefix in ("e2e/", "mlflow/"):  # uploads, artifacts, work (examples, summaries, quarantine); MLflow's artifacts
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                scan(f"s3://{server.bucket}/{obj['Key']}", client.get_object(Bucket=server.bucket, Key=obj["Key"])["Body"].read())
+                scanned["s3"] += 1
+    assert scanned["local"] > 50 and scanned["s3"] > 20, scanned  # the scan saw the stores
+    assert any(p.name.endswith(".db") for p in mlflow_dir.iterdir()), "the MLflow database was scanned"
+    assert not found, found
