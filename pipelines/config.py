@@ -39,10 +39,21 @@ class ArtifactSettings(BaseModel):
     root: str = Field(description="Concept artifacts: <root>/<tenant>/<concept>/<digest>/")
     work: str | None = Field(None, description="Derived data (examples, summaries); default <root>/_work")
     runs: str | None = Field(None, description="Ray Train run storage (checkpoints); default <root>/_runs")
+    lease_ttl_s: float = Field(
+        300.0, ge=5,
+        description="How long a job's lease on a concept artifact (and on its job id) lasts without renewal: the job "
+        "renews it every third of this while it runs; another job waits for it, or takes it over once it expired "
+        "(<work>/_leases; docs/faults.md, 'Service faults')",
+    )
 
     @property
     def work_root(self) -> str:
         return self.work or f"{self.root.rstrip('/')}/_work"
+
+    @property
+    def leases_root(self) -> str:
+        """Leases of running jobs on job ids and concept artifacts (`pipelines.lease`)."""
+        return f"{self.work_root.rstrip('/')}/_leases"
 
     @property
     def runs_root(self) -> str:
@@ -55,6 +66,11 @@ class MlflowSettings(BaseModel):
     tracking_uri: str
     experiment: str = "omnipersona"
     registry_prefix: str = "omnipersona"
+    registration_threads: int = Field(
+        4, ge=1, le=64,
+        description="Concepts registered at once (`ConceptRegistry.register_many`): registration is waiting on the "
+        "MLflow server, so a few threads multiply its throughput; a concept is still registered once",
+    )
 
 
 class EvaluationSettings(BaseModel):

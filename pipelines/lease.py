@@ -37,6 +37,20 @@ class Holder:
     job_id: str
     run_id: str | None
     expires_at: float
+    host: str = ""  # where the holding process runs, and its pid: a dead process on this host frees
+    pid: int = 0  # its leases at once (`Leases(stale=...)`), others wait for the TTL
+
+    def process_is_dead_here(self) -> bool:
+        """The holder ran on this machine and its process is gone (killed, crashed)."""
+        if self.host != os.uname().nodename or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def describe(self) -> str:
         left = self.expires_at - time.time()
@@ -146,8 +160,10 @@ class Leases:
         leases.release(subpath)
     """
 
-    def __init__(self, store: LeaseStore, job_id: str, run_id: str | None, ttl_s: float):
+    def __init__(self, store: LeaseStore, job_id: str, run_id: str | None, ttl_s: float, stale_dead_local: bool = False):
         self.store, self.job_id, self.run_id, self.ttl_s = store, job_id, run_id, ttl_s
+        # Also take over a live lease whose holder ran on this machine and whose process is gone.
+        self.stale_dead_local = stale_dead_local
         self.owner = f"{job_id}:{run_id}:{uuid.uuid4().hex[:12]}@{os.uname().nodename}"
         self.held: dict[str, str] = {}  # key -> our last ETag
         self._lock = threading.Lock()
@@ -159,7 +175,7 @@ class Leases:
         return f"{subpath}.json"
 
     def _body(self) -> bytes:
-        holder = Holder(self.owner, self.job_id, self.run_id, time.time() + self.ttl_s)
+        holder = Holder(self.owner, self.job_id, self.run_id, time.time() + self.ttl_s, os.uname().nodename, os.getpid())
         return json.dumps(asdict(holder)).encode()
 
     def acquire(self, subpath: str) -> Holder | None:
@@ -180,7 +196,7 @@ class Leases:
                 with self._lock:
                     self.held[key] = etag
                 return None
-            if holder.expires_at > time.time():
+            if not self._expired(holder):
                 return holder
             new_etag = self.store.replace(key, self._body(), etag)  # expired: take it over
             if new_etag is not None:
@@ -197,7 +213,10 @@ class Leases:
         if current is None:
             return None
         holder = Holder(**json.loads(current[0]))
-        return holder if holder.expires_at > time.time() else None
+        return None if self._expired(holder) else holder
+
+    def _expired(self, holder: Holder) -> bool:
+        return holder.expires_at <= time.time() or (self.stale_dead_local and holder.process_is_dead_here())
 
     def renew(self) -> list[str]:
         """Extend every held lease; returns the subpaths lost (taken over after we failed to renew)."""

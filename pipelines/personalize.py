@@ -1,9 +1,14 @@
 """One personalization job: ingest -> select -> train -> evaluate -> register -> summary.
 
 Reads top to bottom: `run_job` opens the job (`JobContext`), then calls one function per stage,
-each with typed inputs and results. Concepts flow through four outcomes: quarantined (ingest
+each with typed inputs and results. Concepts flow through these outcomes: quarantined (ingest
 refused its data), skipped (this data + config is already registered), failed (a later step
-raised; the job goes on), done (a registered version; `champion` moved if the gate passed).
+raised; the job goes on), pending_registration (exported, but MLflow could not be reached: the next
+run registers it without training), pending (the job stopped before it, or another job held it and
+did not export it), done (a registered version; `champion` moved if the gate passed).
+
+Leases (`pipelines.job_leases`) keep two live runs from training one artifact: one run per job id
+at a time, one job per concept artifact (docs/faults.md, "Service faults").
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pipelines.config import JobConfig
 from pipelines.ingest.dataset import IngestResult, build_ingest
 from pipelines.ingest.features import colour_histogram_features
 from pipelines.ingest.snapshot import take_snapshot
+from pipelines.job_leases import JobLeases, trained_by
 from pipelines.model_store import VisionEncoderFeatures, load_base, resolve_model_uri
 from pipelines.paths import JobPaths
 from pipelines.register import ConceptRegistry, JobRuns, JobRunSpec, MlflowConnection, names
@@ -46,6 +52,8 @@ class JobContext:
     run_id: str
     registry: ConceptRegistry
     summary: JobSummary
+    leases: JobLeases | None = None  # set by run_job once the job has a run
+    mlflow_down: str | None = None  # why MLflow was found unreachable during this run (then registration stops)
 
     @property
     def held_out_epochs(self) -> list[int]:
@@ -68,8 +76,15 @@ def run_job(cfg: JobConfig) -> JobSummary:
     _ensure_ray(cfg)
     ctx, ingest = open_job(cfg)
     try:
+        ctx.leases = JobLeases(cfg, ctx.paths.job_id, ctx.run_id)
+        waited = ctx.leases.take_job()  # another run of this job: wait until it ends
         selection = select(ctx, ingest)
-        write_training_examples(ctx, ingest, selection)
+        if waited is not None:
+            note_trained_by(ctx, waited)
+        write_training_examples(ctx, ingest, selection)  # held concepts' too: this job may evaluate them later
+        selection.to_train, held = ctx.leases.claim(selection.to_train)
+        selection.to_register, held_exported = ctx.leases.claim(selection.to_register)
+        held += held_exported
         if selection.to_train:
             log.info("[3/5] train: %d concepts", len(selection.to_train))
             selection.to_register += train(ctx, selection.to_train, planned=selection.to_train + selection.to_register)
@@ -77,6 +92,8 @@ def run_job(cfg: JobConfig) -> JobSummary:
             log.info("[3/5] train: nothing to train")
         log.info("[4/5] evaluate and [5/5] register: %d concepts", len(selection.to_register))
         evaluate_and_register(ctx, selection)
+        if held:
+            take_over_held(ctx, selection, held)
     except BaseException as exc:
         ctx.summary.error = f"{type(exc).__name__}: {exc}"
         for c in ingest.concepts:
@@ -87,6 +104,8 @@ def run_job(cfg: JobConfig) -> JobSummary:
         notes = {c.concept_key: c.notes for c in ingest.concepts}
         for outcome in ctx.summary.concepts:
             outcome.notes = notes.get(outcome.concept_key, [])
+        if ctx.leases is not None:
+            ctx.leases.close()
         finish_job(ctx)
         counts = ctx.summary.counts()
         log.info("job %s run %s finished in %.0fs: %s", ctx.paths.job_id, ctx.run_id, time.perf_counter() - t0,
@@ -107,11 +126,26 @@ def _ensure_ray(cfg: JobConfig) -> None:
         env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
     log_to_driver = logging.getLogger().isEnabledFor(logging.DEBUG)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # Under `ray job submit` the submission's runtime env reaches every worker of the job, and Ray
+    # refuses a driver runtime env that sets one of its variables again: leave those to it.
+    env = {k: v for k, v in env.items() if k not in _submitted_env_vars()}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=log_to_driver)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
                  log_to_driver=log_to_driver)
+
+
+def _submitted_env_vars() -> dict[str, str]:
+    """The environment variables of the runtime env `ray job submit` gave this driver (empty when
+    it was not submitted so): the job supervisor passes the job's config in RAY_JOB_CONFIG_JSON_ENV_VAR."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return {}
 
 
 def ray_submission_id() -> str | None:
@@ -257,6 +291,41 @@ def why_train(latest, concept: TrainConcept) -> str:
     return f"{', '.join(changed) or 'nothing'} changed since v{latest.version}"
 
 
+def note_trained_by(ctx: JobContext, waited) -> None:
+    """After waiting for another run of this job: the concepts it registered meanwhile say so."""
+    client = ctx.registry.client
+    started_ms = ctx.summary.started_at.timestamp() * 1000
+    for outcome in ctx.summary.concepts:
+        if outcome.outcome == "skipped" and outcome.model_name and outcome.version:
+            version = ctx.registry.mlflow.call("get version", client.get_model_version, outcome.model_name, outcome.version)
+            if version.creation_timestamp >= started_ms:
+                outcome.why = f"{SKIP_REASON}: {trained_by(waited)}"
+
+
+def take_over_held(ctx: JobContext, selection: JobPlan, held) -> None:
+    """The concepts another live job held when this one started: wait for each, then skip it
+    (registered), register it (exported, not registered) or leave it pending (a rerun trains it)."""
+    art_fs, art_root = filesystem_for(ctx.paths.artifact_root, ctx.cfg.storage)
+    later = JobPlan()
+    for item in held:
+        c = item.concept
+        holder = ctx.leases.wait_released(item)
+        name = ctx.registry.model_name(c.id)
+        existing = ctx.registry.find_version(name, c.data_digest, c.recipe_hash, c.base_fingerprint)
+        if existing is not None:
+            ctx.summary.add(ConceptOutcome(concept_key=c.id.key, outcome="skipped", model_name=name,
+                                           version=str(existing.version), why=f"{SKIP_REASON}: {trained_by(holder)}"))
+        elif artifact_exists(art_fs, art_root, c) and ctx.leases.acquire(c) is None:
+            later.to_register.append(c)
+            later.why[c.id] = f"{selection.why.get(c.id, '')}; exported by job {holder.job_id} run {holder.run_id}, registered now"
+        else:
+            ctx.summary.add(ConceptOutcome(concept_key=c.id.key, outcome="pending", why=selection.why.get(c.id, ""),
+                                           reason=f"{holder.describe()} held it and did not register it; a rerun trains it"))
+    if later.to_register:
+        log.info("[5/5] register: %d concepts another job exported", len(later.to_register))
+        evaluate_and_register(ctx, later)
+
+
 def write_training_examples(ctx: JobContext, ingest: IngestResult, selection: JobPlan) -> None:
     """Materialise the examples of the concepts this job trains or evaluates (once per job id)."""
     needs = selection.to_train + (selection.to_register if ctx.cfg.evaluation.enabled else [])
@@ -306,17 +375,34 @@ def evaluate_and_register(ctx: JobContext, selection: JobPlan) -> None:
     # The judge of generated pictures (`evaluation.judge`), loaded once per job when the config names one.
     judge = load_judge(ctx.cfg.evaluation, ctx.cfg.ingest.vit_size, log=log.info) if concepts else None
     for i, c in enumerate(sorted(concepts, key=lambda c: c.id), 1):
-        try:
-            evaluation = evaluate(ctx, c, judge)
-            outcome = register(ctx, c, evaluation)
-        except Exception as exc:  # noqa: BLE001 - reported per concept, the batch goes on
-            log.exception("concept %s failed", c.id.key)
-            outcome = ConceptOutcome(concept_key=c.id.key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
+        if ctx.mlflow_down:  # found unreachable: the rest wait for the next run (no minutes of retries each)
+            outcome = pending_registration(c, ctx.mlflow_down)
+        else:
+            try:
+                evaluation = evaluate(ctx, c, judge)
+                outcome = register(ctx, c, evaluation)
+                if ctx.leases is not None:
+                    ctx.leases.release(c)
+            except Exception as exc:  # noqa: BLE001 - reported per concept, the batch goes on
+                if not ctx.registry.mlflow.reachable():
+                    ctx.mlflow_down = f"{type(exc).__name__}: {exc}"
+                    log.error("MLflow at %s is unreachable (%s): %s and the concepts after it stay exported, pending "
+                              "registration; rerun once MLflow is back", ctx.cfg.mlflow.tracking_uri, ctx.mlflow_down, c.id.key)
+                    outcome = pending_registration(c, ctx.mlflow_down)
+                else:
+                    log.exception("concept %s failed", c.id.key)
+                    outcome = ConceptOutcome(concept_key=c.id.key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
         outcome.why = outcome.why or selection.why.get(c.id, "")
         ctx.summary.add(outcome)
         version = f" v{outcome.version}" if outcome.version else ""
         champion = {True: " (champion)", False: " (candidate)"}.get(outcome.promoted, "")
         log.info("[5/5] register %d/%d: %s -> %s%s%s", i, len(concepts), c.id.key, outcome.outcome, version, champion)
+
+
+def pending_registration(c: TrainConcept, error: str) -> ConceptOutcome:
+    return ConceptOutcome(concept_key=c.id.key, outcome="pending_registration",
+                          reason=f"MLflow unreachable ({error[:300]}); the artifact is exported: the next run registers it "
+                                 "without training")
 
 
 @dataclass
@@ -378,9 +464,21 @@ def finish_job(ctx: JobContext) -> None:
     """This run's summary in the work folder (`runs/<run id>/`) and in its MLflow run; the run ends
     FAILED when a concept failed or is pending, so the MLflow UI shows it too."""
     summary = ctx.summary.finish()
-    for uri, text in ((ctx.paths.summary_json(ctx.run_id), summary.to_json()),
-                      (ctx.paths.summary_markdown(ctx.run_id), summary.to_markdown())):
-        fs, path = filesystem_for(uri, ctx.cfg.storage)
-        write_bytes_atomic(fs, path, text.encode())
-    ctx.runs.log_summary(ctx.run_id, summary.to_json(), summary.to_markdown(), summary.counts())
-    ctx.runs.end(ctx.run_id, "FINISHED" if summary.complete else "FAILED")
+
+    def write() -> None:
+        for uri, text in ((ctx.paths.summary_json(ctx.run_id), summary.to_json()),
+                          (ctx.paths.summary_markdown(ctx.run_id), summary.to_markdown())):
+            fs, path = filesystem_for(uri, ctx.cfg.storage)
+            write_bytes_atomic(fs, path, text.encode())
+
+    write()  # first: the work store holds the summary even if MLflow never answers again
+    try:
+        if ctx.mlflow_down and not ctx.registry.mlflow.reachable():
+            raise ConnectionError(f"MLflow at {ctx.cfg.mlflow.tracking_uri} is unreachable")
+        ctx.runs.log_summary(ctx.run_id, summary.to_json(), summary.to_markdown(), summary.counts())
+        ctx.runs.end(ctx.run_id, "FINISHED" if summary.complete else "FAILED")
+    except Exception as exc:  # noqa: BLE001 - the run's record is this summary; the job's outcome stands
+        summary.mlflow_error = (f"the job's MLflow run {ctx.run_id} has neither this summary nor its end state "
+                                f"({type(exc).__name__}: {str(exc)[:300]}); it shows RUNNING")
+        log.error("could not record the summary in MLflow: %s", summary.mlflow_error)
+        write()

@@ -1,4 +1,5 @@
-"""The job summary: every concept ends up done, skipped, quarantined or failed — with its reason."""
+"""The job summary: every concept ends up done, skipped, quarantined, failed, pending or pending
+registration — with its reason."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 # pending: the job stopped before it reached the concept (it is picked up by the next run).
-Outcome = Literal["done", "skipped", "quarantined", "failed", "pending"]
-OUTCOMES: tuple[str, ...] = ("done", "skipped", "quarantined", "failed", "pending")
+# pending_registration: trained and exported, but MLflow could not be reached to register it; the
+# next run registers the artifact without training it again (docs/faults.md, "Service faults").
+Outcome = Literal["done", "skipped", "quarantined", "failed", "pending", "pending_registration"]
+OUTCOMES: tuple[str, ...] = ("done", "skipped", "quarantined", "failed", "pending", "pending_registration")
+INCOMPLETE: tuple[str, ...] = ("failed", "pending", "pending_registration")  # a rerun has work left
 
 
 class ConceptOutcome(BaseModel):
@@ -36,11 +40,14 @@ class JobSummary(BaseModel):
     concepts: list[ConceptOutcome] = Field(default_factory=list)
     quarantined_objects: int = 0
     error: str | None = None  # why the job stopped early, when it did
+    # What could not be recorded in MLflow (the job run's summary, its end state) when the server
+    # was down at the end: this summary, in the work store, is then the only record of the run.
+    mlflow_error: str | None = None
 
     @property
     def complete(self) -> bool:
         """Every concept done, skipped or quarantined (bad input is reported, not a failed job)."""
-        return self.error is None and not any(c.outcome in ("failed", "pending") for c in self.concepts)
+        return self.error is None and not any(c.outcome in INCOMPLETE for c in self.concepts)
 
     def add(self, outcome: ConceptOutcome) -> None:
         self.concepts = [c for c in self.concepts if c.concept_key != outcome.concept_key] + [outcome]
@@ -69,8 +76,11 @@ class JobSummary(BaseModel):
             f"- config hash: {markdown_code(self.config_hash)}",
             f"- started {self.started_at:%Y-%m-%d %H:%M:%S} UTC, finished {self.finished_at:%Y-%m-%d %H:%M:%S} UTC" if self.finished_at else f"- started {self.started_at}",
             f"- **{counts['done']} done, {counts['skipped']} skipped, {counts['quarantined']} quarantined, {counts['failed']} failed,"
-            f" {counts['pending']} pending** ({self.quarantined_objects} quarantined objects in total)",
+            f" {counts['pending']} pending"
+            + (f", {counts['pending_registration']} pending registration" if counts["pending_registration"] else "")
+            + f"** ({self.quarantined_objects} quarantined objects in total)",
             *([f"- **the job stopped early**: {markdown_cell(self.error)}"] if self.error else []),
+            *([f"- **not recorded in MLflow**: {markdown_cell(self.mlflow_error)}"] if self.mlflow_error else []),
             "",
             "| concept | outcome | model | version | champion | why | reason |",
             "|---|---|---|---|---|---|---|",
@@ -131,5 +141,5 @@ def runs_table(summaries: list[JobSummary]) -> str:
         state = "complete" if s.complete else ("stopped: " + s.error if s.error else "incomplete")
         lines.append("| " + " | ".join(markdown_cell(x) for x in (
             s.run_id or "", f"{s.started_at:%Y-%m-%d %H:%M:%S}", c["done"], c["skipped"], c["quarantined"], c["failed"],
-            c["pending"], state)) + " |")
+            c["pending"] + c.get("pending_registration", 0), state)) + " |")
     return "\n".join(lines) + "\n"

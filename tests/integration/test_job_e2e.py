@@ -17,6 +17,7 @@ from safetensors.torch import load as safetensors_load
 from omnipersona.world import make_concepts
 from omnipersona.world.uploads import UploadOptions, write_uploads
 from pipelines.storage import filesystem_for, list_files
+from pipelines.summary import OUTCOMES
 from tests.services.s3 import upload_tree
 
 pytestmark = pytest.mark.integration
@@ -164,7 +165,7 @@ def test_mlflow_tracks_the_recipe_the_curves_each_concepts_metrics_and_the_submi
     assert not [k for k in params if k.startswith("storage") or "tracking_uri" in k]
     assert run.data.tags["omnipersona.ray_submission_id"] == first.submission_id
     # Per-concept metrics live only in each concept's registration run (a child of the job run).
-    assert set(run.data.metrics) == {f"concepts_{o}" for o in ("done", "skipped", "quarantined", "failed", "pending")}
+    assert set(run.data.metrics) == {f"concepts_{o}" for o in OUTCOMES}
     children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(children) == 5
     curves = {}

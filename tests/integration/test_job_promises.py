@@ -170,7 +170,7 @@ def test_a_failed_concept_fails_the_job_with_its_exit_code_and_the_summary_says_
 
     # The same job through `ray job submit`: the healthy concept is skipped, the broken one fails
     # again, and Ray reports the job as failed.
-    again = submit(ray_head, job_yaml, storage_env(s3))
+    again = submit(ray_head, job_yaml, {})  # the head's env holds the credentials (tests.services.ray_head)
     assert again.returncode != 0, again.stdout[-3000:]
     assert "failed" in (again.stdout + again.stderr).lower()
     assert "0 done, 1 skipped, 0 quarantined, 1 failed" in again.stdout, again.stdout[-3000:]

@@ -24,6 +24,7 @@ class RayHead:
     gcs_address: str
     dashboard_url: str
     env: dict
+    temp_dir: str = ""  # the head's session folders: every Ray log of the jobs it ran
 
 
 def _free_port() -> int:
@@ -37,7 +38,7 @@ def _ray_cli() -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_head():
+def ray_head(s3_server):
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Unix socket paths are limited
     port, dash = _free_port(), _free_port()
     env = {
@@ -45,6 +46,10 @@ def ray_head():
         "RAY_AUTH_MODE": "disabled",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "OMP_NUM_THREADS": "1",
+        # The session's S3 credentials in the head's environment, as a pod's env from a Secret: every
+        # job driver and worker inherits them. Never in a submission's runtime env: Ray writes that,
+        # variables included, to its runtime_env_agent log (docs/deployment.md).
+        **s3_server.job_env(),
     }
     cmd = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
@@ -64,7 +69,7 @@ def ray_head():
     else:
         raise RuntimeError(f"the Ray job server at {url} did not come up")
     try:
-        yield RayHead(gcs_address=f"127.0.0.1:{port}", dashboard_url=url, env=env)
+        yield RayHead(gcs_address=f"127.0.0.1:{port}", dashboard_url=url, env=env, temp_dir=temp_dir)
     finally:
         _stop_processes_of(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
