@@ -18,12 +18,12 @@ from pipelines.storage import StorageConfig, filesystem_for
 
 def world_base_folder() -> Path:
     """The shipped world base's folder (torch-free: preflight checks it like any base folder)."""
-    from omnipersona.pretrain.shipped import SHIPPED_BASE
+    from omnipersona.model.shipped_bases import WORLD_BASE
 
-    if not (SHIPPED_BASE / "ema.safetensors").exists():
-        raise FileNotFoundError(f"the shipped world base is missing from {SHIPPED_BASE}: reinstall the package, "
+    if not (WORLD_BASE / "ema.safetensors").exists():
+        raise FileNotFoundError(f"the shipped world base is missing from {WORLD_BASE}: reinstall the package, "
                                 "or write it with python benchmarks/pretrain_base.py --write-shipped")
-    return SHIPPED_BASE
+    return WORLD_BASE
 
 
 def resolve_model_uri(uri: str, tiny_cache: str = "~/.cache/omnipersona/tiny-bagel") -> str:

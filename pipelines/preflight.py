@@ -221,9 +221,9 @@ def _base_model(uri: str, storage: StorageConfig) -> list[Problem]:
     if uri == "tiny":
         return []
     if uri == "world":  # the base shipped with the package: checked like any local base folder
-        from omnipersona.pretrain.shipped import SHIPPED_BASE
+        from omnipersona.model.shipped_bases import WORLD_BASE
 
-        uri = str(SHIPPED_BASE)
+        uri = str(WORLD_BASE)
     where = _where("model.uri", uri)
     try:
         fs, path = filesystem_for(uri, storage)

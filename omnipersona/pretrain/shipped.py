@@ -19,8 +19,10 @@ import json
 import shutil
 from pathlib import Path
 
+from ..model.shipped_bases import WORLD_BASE
+
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
-SHIPPED_BASE = SHIPPED_ROOT / "world-base"
+SHIPPED_BASE = WORLD_BASE  # where the product looks for `model.uri: world`
 SHIPPED_PROBE = SHIPPED_ROOT / "world-probe"
 SUMS_FILE = "SHA256SUMS"
 RECIPE_FILE = "pretrain_recipe.json"
