@@ -181,9 +181,17 @@ def _writable(cfg: JobConfig, storage: StorageConfig) -> list[Problem]:
                 fs.create_dir(path, recursive=True)
             with fs.open_output_stream(probe) as out:
                 out.write(b"ok")
-            fs.delete_file(probe)
-            if not existed:  # leave no folder (or S3 folder marker) behind that was not there
-                fs.delete_dir(path)
+            try:
+                fs.delete_file(probe)
+            except FileNotFoundError:
+                pass  # another job's preflight removed the empty folder with it (jobs submitted at once)
+            # Leave no folder (or S3 folder marker) behind that was not there, but only an empty one:
+            # a job started meanwhile may be writing into it (never a recursive delete).
+            if not existed and not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False)):
+                try:
+                    fs.delete_dir(path)
+                except FileNotFoundError:
+                    pass
         except Exception as e:  # noqa: BLE001
             what = _storage_error(e)
             if what == " ".join(str(e).split())[:300]:  # not a connection or credentials problem

@@ -353,3 +353,33 @@ def test_two_runs_at_once_train_each_concept_once_and_register_one_version(
         if c["outcome"] == "skipped":  # the fault really happened: both ran at once, one waited for the other
             assert re.search(r"trained by job \S+ run ([0-9a-f]{32})", c["why"]), c
             assert re.search(r"run ([0-9a-f]{32})", c["why"]).group(1) in trainers, c
+
+
+def test_preflights_of_jobs_started_at_once_do_not_trip_over_each_other(s3_server, tmp_path):
+    """Each preflight writes and removes a probe under every root, and removed the root folder it
+    created: recursively, taking another job's probe with it (the second job then failed preflight:
+    'cannot write a test object here'). Six at once on fresh roots, five times: no problem."""
+    import uuid
+
+    from pipelines import preflight
+    from pipelines.config import JobConfig
+
+    problems = []
+    for _ in range(5):
+        prefix = f"fault-preflight-{uuid.uuid4().hex[:8]}"
+        cfg = JobConfig(model={"uri": "tiny"}, ingest={"uploads_uri": s3_server.uri(f"{prefix}/u"), "vit_size": 32, "vae_size": 32},
+                        artifacts={"root": s3_server.uri(f"{prefix}/c"), "work": s3_server.uri(f"{prefix}/w"),
+                                   "runs": s3_server.uri(f"{prefix}/runs")},
+                        mlflow={"tracking_uri": "http://127.0.0.1:1"})
+        start = threading.Barrier(6)
+
+        def probe():
+            start.wait()
+            problems.extend(preflight._writable(cfg, s3_server.storage_config()))
+
+        threads = [threading.Thread(target=probe) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not problems, problems
