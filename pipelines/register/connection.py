@@ -14,7 +14,7 @@ T = TypeVar("T")
 # MLflow's own HTTP retries default to 7 per request with backoff factor 2 and a 120 s timeout: against a
 # server that is down, one call would wait minutes, and `RetryPolicy` retries it again. Bounded here
 # (unless the operator set them): a stopped server is detected in ~20 s (2 retries of each request,
-# 0 s then ~2 s apart, times RetryPolicy's 5 attempts 0.5-4 s apart), a hung one in a few minutes.
+# 0 s then ~2 s apart, times RetryPolicy's 5 attempts 0.5-4 s apart); a hung one after 30 s per try.
 BOUNDED_HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
