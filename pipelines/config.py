@@ -29,7 +29,8 @@ from pipelines.train.config import TrainStageConfig
 class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    uri: str = Field(description="BAGEL checkpoint folder (local path or s3://...); 'tiny' builds the tiny test model")
+    uri: str = Field(description="BAGEL checkpoint folder (local path or s3://...); 'world': the world base shipped "
+                     "with the package (32-pixel pictures); 'tiny' builds the tiny test model")
     tiny_cache: str = Field("~/.cache/omnipersona/tiny-bagel", description="Where 'tiny' is built")
 
 
