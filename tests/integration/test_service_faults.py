@@ -343,6 +343,11 @@ def test_two_runs_at_once_train_each_concept_once_and_register_one_version(
     assert codes == (0, 0), first.output[-3000:] + "\n-----\n" + second.output[-3000:]
     exported = sorted(r["concept"] for r in exported_runs(tmp_path / "runs"))
     assert exported == sorted(f"{TENANT}/{c.name}" for c in uploads["concepts"]), exported
+    if second_job_id is None:  # one Ray Train run of the job, started once: the other run trained nothing
+        from pipelines.train.run_log import read_run_log
+
+        starts = [r for d in (tmp_path / "runs").glob("*") if d.is_dir() for r in read_run_log(str(d), None, "start")]
+        assert len(starts) == 1, starts
     assert all(v == [1] for v in versions(mlflow_server.tracking_uri, uploads["concepts"], prefix).values())
     runs = summaries(s3_server, prefix)
     assert len(runs) == 2
