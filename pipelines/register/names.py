@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from omnipersona.identity import ConceptId
+from omnipersona.identity import NAME_PATTERN, ConceptId
 
 # Digests, config hashes and job ids go into filter strings: no quotes, no backslashes.
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -69,6 +69,29 @@ def version_filter(name: str, data_digest: str, config_hash: str, base_fingerpri
         f"AND tags.{TAG_CONFIG_HASH} = '{checked_token(config_hash, 'config hash')}' "
         f"AND tags.{TAG_BASE_FINGERPRINT} = '{checked_token(base_fingerprint, 'base fingerprint')}'"
     )
+
+
+def version_matches(version, data_digest: str, config_hash: str, base_fingerprint: str) -> bool:
+    """Whether a model version was trained from this data, with this config, on this base: what
+    `version_filter` asks the server, checked on a version already read (batched lookups)."""
+    tags = version.tags or {}
+    return (tags.get(TAG_DATA_DIGEST), tags.get(TAG_CONFIG_HASH), tags.get(TAG_BASE_FINGERPRINT)) == (
+        data_digest, config_hash, base_fingerprint)
+
+
+# Registered model names (`<prefix>.<tenant>.<concept>`) as `ConceptId.model_name` builds them: safe inside quotes.
+MODEL_NAME_PATTERN = re.compile(rf"{NAME_PATTERN}\.{NAME_PATTERN}\.{NAME_PATTERN}")
+
+
+def names_filter(model_names: list[str]) -> str:
+    """Filter string for ``search_model_versions`` over the versions of several registered models
+    (``name IN (...)``; names validated, so quoting cannot break)."""
+    if not model_names:
+        raise ValueError("names_filter needs at least one model name")
+    for name in model_names:
+        if not isinstance(name, str) or not MODEL_NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"invalid registered model name {name!r}")
+    return "name IN (" + ", ".join(f"'{name}'" for name in model_names) + ")"
 
 
 def logged_model_filter(concept: ConceptId, data_digest: str | None = None, config_hash: str | None = None,

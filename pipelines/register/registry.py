@@ -4,15 +4,22 @@ download, delete.
 One registered model per concept, ``<prefix>.<tenant>.<concept>``: a version per distinct (data
 digest, config hash), alias ``candidate`` on the newest, ``champion`` on the one serving (moved
 only when the promotion gate passed). See docs/registry.md.
+
+At registry scale (thousands of concept models) a job looks its concepts up in a few paged searches
+(`versions_of`), not one request per concept, and registers several concepts at once
+(`register_many`, a bounded thread pool); `register_concept` holds a per-name lock, so a concept
+registered twice at once still gets one version.
 """
 from __future__ import annotations
 
 import logging
 import tempfile
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -33,6 +40,10 @@ from pipelines.register.connection import MlflowConnection
 
 log = logging.getLogger(__name__)
 
+DEFAULT_REGISTRATION_THREADS = 4  # `mlflow.registration_threads` in the job config
+LOOKUP_PAGE_SIZE = 1000  # versions per page of a batched lookup
+LOOKUP_FILTER_CHARS = 4000  # names per `name IN (...)` search: the filter travels in a GET request's URL
+
 
 @dataclass(frozen=True)
 class RegistrationResult:
@@ -42,6 +53,48 @@ class RegistrationResult:
     model_id: str | None
     promoted: bool
     gate: GateResult | None
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    """The versions of one registered model, as a batched lookup (`ConceptRegistry.versions_of`)
+    read them; answers what `find_version` and `latest_version` ask the server one model at a time."""
+
+    name: str
+    versions: tuple = ()
+
+    def latest(self):
+        """The newest version (None when the model has none, or does not exist)."""
+        return max(self.versions, key=lambda v: int(v.version)) if self.versions else None
+
+    def matching(self, data_digest: str, config_hash: str, base_fingerprint: str):
+        """The version trained from this data, with this config, on this base, if any (the oldest
+        such, as `find_version`)."""
+        found = [v for v in self.versions if names.version_matches(v, data_digest, config_hash, base_fingerprint)]
+        return min(found, key=lambda v: int(v.version)) if found else None
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    """The arguments of one `ConceptRegistry.register_concept` call, for `register_many`."""
+
+    run_id: str
+    artifact_path: str | Path
+    filesystem: Any | None = None
+    metrics: dict[str, float] | None = None
+    images: dict[str, Image.Image] | None = None
+    gate: Gate | None = None
+    data_uri: str | None = None
+    base_model_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistrationOutcome:
+    """What became of one request of `register_many`: its result, or the exception it raised."""
+
+    request: RegistrationRequest
+    result: RegistrationResult | None = None
+    error: Exception | None = None
 
 
 def version_model_id(version) -> str | None:
@@ -58,6 +111,9 @@ class ConceptRegistry:
         self.mlflow = mlflow_
         self.client = mlflow_.client
         self.prefix = check_name(prefix, "registry prefix")
+        self._locks_guard = threading.Lock()
+        self._name_locks: dict[str, threading.Lock] = {}
+        self._run_job_ids: dict[str, str | None] = {}  # job run -> its job id tag (read once per run)
 
     def model_name(self, concept: ConceptId) -> str:
         return concept.model_name(self.prefix)
@@ -74,6 +130,29 @@ class ConceptRegistry:
         """The newest version of a registered model (None when it has none)."""
         found = self.mlflow.call("list versions", self.client.search_model_versions, f"name = '{name}'")
         return max(found, key=lambda v: int(v.version)) if found else None
+
+    def versions_of(self, model_names: Iterable[str]) -> dict[str, ModelVersions]:
+        """Every version of each named registered model, read in a few paged searches
+        (``name IN (...)``, as many names per search as fit a URL) instead of one request per model:
+        what selecting a job's concepts asks. Every name is a key of the answer; a model that does
+        not exist (or has no versions) maps to an empty `ModelVersions`."""
+        wanted = list(dict.fromkeys(model_names))
+        found: dict[str, list] = {name: [] for name in wanted}
+        for chunk in _chunks_by_length(wanted, LOOKUP_FILTER_CHARS):
+            filter_string = names.names_filter(chunk)
+            token = None
+            while True:
+                page = self.mlflow.call(
+                    "search versions", self.client.search_model_versions, filter_string,
+                    max_results=LOOKUP_PAGE_SIZE, order_by=["name ASC", "version_number ASC"], page_token=token,
+                )
+                for version in page:
+                    if version.name in found:
+                        found[version.name].append(version)
+                token = page.token
+                if not token:
+                    break
+        return {name: ModelVersions(name, tuple(versions)) for name, versions in found.items()}
 
     def register_concept(
         self,
@@ -97,6 +176,7 @@ class ConceptRegistry:
         is logged in a registration run of its own nested under it (its logged model, metrics,
         pictures and dataset input), which the model version points to. ``base_model_uri`` (the
         job's ``model.uri``) is recorded in the served model's config: the base its `predict` loads.
+        Safe to call from several threads: calls for the same registered model take turns.
         """
         with tempfile.TemporaryDirectory(prefix="omnipersona-register-") as tmp:
             # Validate where it lives (clear errors for missing or corrupt files), then copy.
@@ -106,50 +186,130 @@ class ConceptRegistry:
             m = artifact.manifest
             name = self.model_name(m.id)
             all_metrics = {**m.metrics, **(metrics or {})}
+            with self._lock_for(name):  # one registration of a model at a time: never two versions of one digest
+                return self._register_staged(run_id, name, local_dir, artifact, all_metrics, images, gate, data_uri,
+                                             base_model_uri)
 
-            existing = self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint)
-            if existing is not None:
-                log.info("%s v%s already holds data %s / config %s / base %s: skipped",
-                         name, existing.version, m.data_digest, m.training_config_hash, m.base_fingerprint)
-                return RegistrationResult("already_registered", name, existing.version, version_model_id(existing), False, None)
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._name_locks.setdefault(name, threading.Lock())
 
-            self._ensure_registered_model(name, m.id)
-            logged = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri,
-                                       base_model_uri)
-            model_id = logged.model_id
-            decision = gate.evaluate(all_metrics) if gate is not None else None
-            version_tags = {
-                **concept_tags(artifact),
-                names.TAG_GATE: "not_evaluated" if decision is None else ("passed" if decision.passed else "failed"),
-                names.TAG_GATE_REASONS: "; ".join(decision.reasons) if decision else "",
-            }
-            run_job_id = self.mlflow.call("get run", self.client.get_run, run_id).data.tags.get(names.RUN_TAG_JOB_ID)
-            if run_job_id:
-                version_tags[names.TAG_JOB_ID] = run_job_id
-            version, _ = self.mlflow.create_once(
-                lambda: self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint),
-                lambda: self.client.create_model_version(
-                    name, source=f"models:/{model_id}", run_id=logged.run_id or run_id, tags=version_tags, model_id=model_id
-                ),
-                f"version of {name}",
-            )
-            self.mlflow.call("set candidate", self.client.set_registered_model_alias, name, names.CANDIDATE_ALIAS, version.version)
-            promoted = bool(decision and decision.passed)
-            if promoted:
-                self.promote(name, version.version)
-            elif decision is not None:
-                log.info("%s v%s stays a candidate: %s", name, version.version, "; ".join(decision.reasons))
-            return RegistrationResult("registered", name, version.version, model_id, promoted, decision)
+    def _job_id_of(self, run_id: str) -> str | None:
+        """The job id tag of the job run (fixed once the run exists: read once, not per concept)."""
+        with self._locks_guard:
+            if run_id in self._run_job_ids:
+                return self._run_job_ids[run_id]
+        job_id = self.mlflow.call("get run", self.client.get_run, run_id).data.tags.get(names.RUN_TAG_JOB_ID)
+        with self._locks_guard:
+            self._run_job_ids[run_id] = job_id
+        return job_id
+
+    def _register_staged(self, run_id: str, name: str, local_dir: Path, artifact: ConceptArtifact,
+                         all_metrics: dict[str, float], images: dict[str, Image.Image] | None, gate: Gate | None,
+                         data_uri: str | None, base_model_uri: str | None) -> RegistrationResult:
+        m = artifact.manifest
+        existing = self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint)
+        if existing is not None:
+            log.info("%s v%s already holds data %s / config %s / base %s: skipped",
+                     name, existing.version, m.data_digest, m.training_config_hash, m.base_fingerprint)
+            return RegistrationResult("already_registered", name, existing.version, version_model_id(existing), False, None)
+
+        self._ensure_registered_model(name, m.id)
+        logged = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri,
+                                   base_model_uri)
+        model_id = logged.model_id
+        decision = gate.evaluate(all_metrics) if gate is not None else None
+        version_tags = {
+            **concept_tags(artifact),
+            names.TAG_GATE: "not_evaluated" if decision is None else ("passed" if decision.passed else "failed"),
+            names.TAG_GATE_REASONS: "; ".join(decision.reasons) if decision else "",
+        }
+        run_job_id = self._job_id_of(run_id)
+        if run_job_id:
+            version_tags[names.TAG_JOB_ID] = run_job_id
+        version, _ = self.mlflow.create_once(
+            lambda: self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint),
+            lambda: self.client.create_model_version(
+                name, source=f"models:/{model_id}", run_id=logged.run_id or run_id, tags=version_tags, model_id=model_id
+            ),
+            f"version of {name}",
+        )
+        self.mlflow.call("set candidate", self.client.set_registered_model_alias, name, names.CANDIDATE_ALIAS, version.version)
+        promoted = bool(decision and decision.passed)
+        if promoted:
+            self.promote(name, version.version)
+        elif decision is not None:
+            log.info("%s v%s stays a candidate: %s", name, version.version, "; ".join(decision.reasons))
+        return RegistrationResult("registered", name, version.version, model_id, promoted, decision)
+
+    def register_many(
+        self,
+        requests: Iterable[RegistrationRequest],
+        threads: int = DEFAULT_REGISTRATION_THREADS,
+        on_done: Callable[[RegistrationOutcome], None] | None = None,
+    ) -> list[RegistrationOutcome]:
+        """`register_concept` for each request, at most ``threads`` at once: a registration is a
+        chain of ~35 requests to the MLflow server, whose latency threads overlap (the server's CPU,
+        ~10 ms a request, then bounds the rate). Outcomes come back in the order of the
+        requests; a request that raised carries its exception and the others go on. ``on_done`` is
+        called in this thread as each one finishes (progress). Idempotent as `register_concept`:
+        the same artifact twice, even at once, gives one version. A ``sqlite:`` tracking URI (this
+        process writes the database itself, and sqlite takes one writer) registers one at a time."""
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if self.mlflow.tracking_uri.startswith("sqlite:") and threads > 1:
+            log.info("tracking URI %s is a sqlite file: registering one concept at a time", self.mlflow.tracking_uri)
+            threads = 1
+        requests = list(requests)
+        outcomes: list[RegistrationOutcome | None] = [None] * len(requests)
+
+        def run(request: RegistrationRequest) -> RegistrationOutcome:
+            try:
+                result = self.register_concept(
+                    request.run_id, request.artifact_path, filesystem=request.filesystem, metrics=request.metrics,
+                    images=request.images, gate=request.gate, data_uri=request.data_uri,
+                    base_model_uri=request.base_model_uri,
+                )
+                return RegistrationOutcome(request, result)
+            except Exception as exc:  # noqa: BLE001 - reported per request, the others go on
+                log.warning("registering %s failed: %s: %s", request.artifact_path, type(exc).__name__, exc)
+                return RegistrationOutcome(request, error=exc)
+
+        def finish(i: int, outcome: RegistrationOutcome) -> None:
+            outcomes[i] = outcome
+            if on_done is not None:
+                on_done(outcome)
+
+        if threads == 1 or len(requests) <= 1:
+            for i, request in enumerate(requests):
+                finish(i, run(request))
+            return outcomes  # type: ignore[return-value]
+        if requests:
+            _ = self.mlflow.experiment_id  # resolved once, before the threads would race to create it
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="register")
+        try:
+            pending: dict[Future, int] = {pool.submit(run, request): i for i, request in enumerate(requests)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(pending.pop(future), future.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an interrupt: what has not started never starts
+        return outcomes  # type: ignore[return-value]
 
     def _ensure_registered_model(self, name: str, concept: ConceptId) -> None:
-        self.mlflow.create_once(
-            lambda: self._get_registered_model(name),
-            lambda: self.client.create_registered_model(
-                name, tags={names.TAG_TENANT: concept.tenant, names.TAG_CONCEPT: concept.concept},
-                description=f"OmniPersona concept tokens of {concept.key}",
-            ),
-            f"registered model {name}",
-        )
+        def create():
+            try:
+                return self.client.create_registered_model(
+                    name, tags={names.TAG_TENANT: concept.tenant, names.TAG_CONCEPT: concept.concept},
+                    description=f"OmniPersona concept tokens of {concept.key}",
+                )
+            except MlflowException as e:
+                if e.error_code == "RESOURCE_ALREADY_EXISTS":  # another process created it since we looked
+                    return self._get_registered_model(name)
+                raise
+
+        self.mlflow.create_once(lambda: self._get_registered_model(name), create, f"registered model {name}")
 
     def _get_registered_model(self, name: str):
         try:
@@ -237,3 +397,19 @@ class ConceptRegistry:
         for found in records.concept_runs():
             records.purge_run(found)
         return [found.ref[0] for found in models]
+
+
+def _chunks_by_length(items: list[str], max_chars: int) -> Iterable[list[str]]:
+    """Consecutive runs of ``items`` whose quoted, comma-separated lengths stay under ``max_chars``
+    (at least one item each)."""
+    chunk: list[str] = []
+    size = 0
+    for item in items:
+        cost = len(item) + 4  # quotes, comma, space
+        if chunk and size + cost > max_chars:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += cost
+    if chunk:
+        yield chunk
