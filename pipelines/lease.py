@@ -2,7 +2,7 @@
 
 Two submissions of the same job, or two jobs whose snapshots share an unchanged concept, would
 otherwise train it twice and race to register two versions. Before training, a job takes a lease
-per artifact it will make, `<work root>/_leases/<tenant>/<concept>/<digest>/<recipe>/<base>.json`,
+per artifact it will make, `<work root>/_leases/<sha256 of <tenant>/<concept>/<digest>/<recipe>/<base>>.json`,
 with a conditional write (S3 `If-None-Match: *`; a local folder: an exclusive create). The holder
 renews its leases while it runs (`If-Match` on the last ETag) and removes them when the concept is
 registered or the job ends. A lease whose holder stopped renewing expires after `ttl_s` and can be
@@ -14,6 +14,7 @@ compare-and-swap with `fcntl.flock`, which is enough for processes on one machin
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -167,12 +168,14 @@ class Leases:
         self.owner = f"{job_id}:{run_id}:{uuid.uuid4().hex[:12]}@{os.uname().nodename}"
         self.held: dict[str, str] = {}  # key -> our last ETag
         self._lock = threading.Lock()
+        self.subpaths: dict[str, str] = {}  # key -> the subpath it stands for
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @staticmethod
     def key(subpath: str) -> str:
-        return f"{subpath}.json"
+        # A digest, not the path: a lease's name must not name the concept (nothing to delete with it).
+        return hashlib.sha256(subpath.encode()).hexdigest()[:40] + ".json"
 
     def _body(self) -> bytes:
         holder = Holder(self.owner, self.job_id, self.run_id, time.time() + self.ttl_s, os.uname().nodename, os.getpid())
@@ -186,6 +189,7 @@ class Leases:
             if etag is not None:
                 with self._lock:
                     self.held[key] = etag
+                    self.subpaths[key] = subpath
                 return None
             current = self.store.read(key)
             if current is None:
@@ -195,6 +199,7 @@ class Leases:
             if holder.owner == self.owner:
                 with self._lock:
                     self.held[key] = etag
+                    self.subpaths[key] = subpath
                 return None
             if not self._expired(holder):
                 return holder
@@ -203,6 +208,7 @@ class Leases:
                 log.warning("took over the expired lease of %s from %s", subpath, holder.describe())
                 with self._lock:
                     self.held[key] = new_etag
+                    self.subpaths[key] = subpath
                 return None
         current = self.store.read(key)
         return Holder(**json.loads(current[0])) if current else None
@@ -228,7 +234,7 @@ class Leases:
             with self._lock:
                 if new_etag is None:
                     self.held.pop(key, None)
-                    lost.append(key.removesuffix(".json"))
+                    lost.append(self.subpaths.get(key, key))
                 elif key in self.held:
                     self.held[key] = new_etag
         for subpath in lost:
@@ -244,9 +250,9 @@ class Leases:
 
     def release_all(self) -> None:
         with self._lock:
-            keys = list(self.held)
-        for key in keys:
-            self.release(key.removesuffix(".json"))
+            subpaths = [self.subpaths.get(key, key) for key in self.held]
+        for subpath in subpaths:
+            self.release(subpath)
 
     def start_renewing(self) -> None:
         """Renew every ttl/3 seconds in a daemon thread until `stop`."""
