@@ -69,8 +69,9 @@ class MlflowSettings(BaseModel):
     registry_prefix: str = "omnipersona"
     registration_threads: int = Field(
         4, ge=1, le=64,
-        description="Concepts registered at once (`ConceptRegistry.register_many`): registration is waiting on the "
-        "MLflow server, so a few threads multiply its throughput; a concept is still registered once",
+        description="Concepts registered at once (`ConceptRegistry.register_many`): a registration is ~35 requests "
+        "to the MLflow server, whose latency threads overlap; a concept is still registered once. With a `sqlite:` "
+        "tracking URI (no server: one writer) concepts register one at a time",
     )
 
 

@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = [
     "tests.services.s3",
     "tests.services.mlflow_server",
+    "tests.services.postgres",
     "tests.services.ray_cluster",
     "tests.services.ray_head",
 ]

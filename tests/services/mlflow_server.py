@@ -1,10 +1,13 @@
-"""A real MLflow tracking server for the test session (sqlite backend, proxied artifacts).
+"""A real MLflow tracking server for the test session (sqlite backend unless told otherwise,
+proxied artifacts).
 
 Fixtures:
 - ``mlflow_server``: artifacts in a local temporary folder (fast; most tests want this).
 - ``mlflow_server_s3``: artifacts in ``s3://<bucket>/mlflow`` on the session's S3 server
   (``s3_server`` from tests.services.s3). The S3 credentials live in the server's environment
   only: clients upload and download through the server's artifact proxy, as in production.
+- ``mlflow_server_postgres`` (tests.services.postgres): the backend store on an embedded
+  PostgreSQL, as production runs it (``backend_store_uri`` below).
 
 Both yield a :class:`MlflowServer` whose ``tracking_uri`` is what a client passes to
 ``MlflowClient(tracking_uri)``. Nothing here sets a global tracking URI. A test that stops and
@@ -37,6 +40,7 @@ class MlflowServer:
     tracking_uri: str
     artifacts_destination: str
     log_path: Path
+    backend_store_uri: str = ""  # the server's database (sqlite:///... or postgresql+psycopg://...)
 
 
 def _free_port() -> int:
@@ -69,15 +73,24 @@ def _remove_job_runner_stores(before: set[Path]) -> None:
 
 class MlflowServerProcess:
     """An ``mlflow server`` that can be stopped and started again on the same port, database and
-    artifact store (what a test of an outage needs); ``running_mlflow_server`` wraps it."""
+    artifact store (what a test of an outage needs); ``running_mlflow_server`` wraps it.
 
-    def __init__(self, workdir: Path, artifacts_destination: str, extra_env: dict[str, str] | None = None) -> None:
+    ``backend_store_uri``: the database, by default ``sqlite:///<workdir>/mlflow.db``; a
+    ``postgresql+psycopg://`` URI (tests.services.postgres) runs it as production does.
+    ``workers``: uvicorn workers (1 for tests; the registry benchmark runs 4, as production).
+    ``startup_timeout_s``: how long to wait for /health (several workers on a busy machine take longer)."""
+
+    def __init__(self, workdir: Path, artifacts_destination: str, extra_env: dict[str, str] | None = None,
+                 backend_store_uri: str | None = None, workers: int = 1,
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.artifacts_destination = artifacts_destination
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.backend_store_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+        self.workers = workers
+        self.startup_timeout_s = startup_timeout_s
         self.log_path = workdir / "server.log"
         self.env = {
             **os.environ,
@@ -90,7 +103,8 @@ class MlflowServerProcess:
 
     @property
     def server(self) -> MlflowServer:
-        return MlflowServer(tracking_uri=self.url, artifacts_destination=self.artifacts_destination, log_path=self.log_path)
+        return MlflowServer(tracking_uri=self.url, artifacts_destination=self.artifacts_destination, log_path=self.log_path,
+                            backend_store_uri=self.backend_store_uri)
 
     def start(self) -> MlflowServer:
         """Start on ``self.port`` and wait for /health."""
@@ -100,14 +114,14 @@ class MlflowServerProcess:
             "--artifacts-destination", self.artifacts_destination,
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--workers", "1",
+            "--workers", str(self.workers),
         ]
         with open(self.log_path, "ab") as log:
             # Own session: SIGTERM reaches the CLI and its uvicorn worker together.
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir, start_new_session=True
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + self.startup_timeout_s
         while not _is_healthy(self.url):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
@@ -126,10 +140,11 @@ class MlflowServerProcess:
 
 @contextmanager
 def running_mlflow_server(
-    workdir: Path, artifacts_destination: str, extra_env: dict[str, str] | None = None
+    workdir: Path, artifacts_destination: str, extra_env: dict[str, str] | None = None,
+    backend_store_uri: str | None = None, workers: int = 1,
 ) -> Iterator[MlflowServer]:
     """Start ``mlflow server`` on a free loopback port, wait for /health, stop it afterwards."""
-    process = MlflowServerProcess(workdir, artifacts_destination, extra_env)
+    process = MlflowServerProcess(workdir, artifacts_destination, extra_env, backend_store_uri, workers)
     try:
         yield process.start()
     finally:
