@@ -187,9 +187,7 @@ class Leases:
         for _ in range(3):  # lost a race to a takeover: look again
             etag = self.store.create(key, self._body())
             if etag is not None:
-                with self._lock:
-                    self.held[key] = etag
-                    self.subpaths[key] = subpath
+                self._hold(key, subpath, etag)
                 return None
             current = self.store.read(key)
             if current is None:
@@ -197,21 +195,22 @@ class Leases:
             body, etag = current
             holder = Holder(**json.loads(body))
             if holder.owner == self.owner:
-                with self._lock:
-                    self.held[key] = etag
-                    self.subpaths[key] = subpath
+                self._hold(key, subpath, etag)
                 return None
             if not self._expired(holder):
                 return holder
             new_etag = self.store.replace(key, self._body(), etag)  # expired: take it over
             if new_etag is not None:
                 log.warning("took over the expired lease of %s from %s", subpath, holder.describe())
-                with self._lock:
-                    self.held[key] = new_etag
-                    self.subpaths[key] = subpath
+                self._hold(key, subpath, new_etag)
                 return None
         current = self.store.read(key)
         return Holder(**json.loads(current[0])) if current else None
+
+    def _hold(self, key: str, subpath: str, etag: str) -> None:
+        with self._lock:
+            self.held[key] = etag
+            self.subpaths[key] = subpath
 
     def holder(self, subpath: str) -> Holder | None:
         """Who holds `subpath` now (None: nobody, or an expired lease)."""
@@ -244,6 +243,7 @@ class Leases:
     def release(self, subpath: str) -> None:
         key = self.key(subpath)
         with self._lock:
+            self.subpaths.pop(key, None)
             if self.held.pop(key, None) is None:
                 return
         self.store.delete(key)

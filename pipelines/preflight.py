@@ -120,9 +120,18 @@ def endpoint_problems(cfg: JobConfig, budget_s: float = ENDPOINT_BUDGET_S) -> li
     return problems
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def _storage_error(error: BaseException) -> str:
     """What an S3 / filesystem error means for the operator."""
-    text = " ".join(str(error).split())
+    return _access_problem(error) or _one_line(error)[:300]
+
+
+def _access_problem(error: BaseException) -> str | None:
+    """The store refused us or cannot be reached (and what to do); None for any other error."""
+    text = _one_line(error)
     lowered = text.lower()
     squashed = re.sub(r"[\s_]", "", lowered)  # ACCESS_DENIED, AccessDenied and "access denied" alike
     if any(s in squashed for s in ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "nocredentials",
@@ -132,7 +141,7 @@ def _storage_error(error: BaseException) -> str:
     if any(s in lowered for s in ("connection refused", "couldn't connect", "could not connect", "timed out",
                                   "curlcode: 7", "failed to connect", "name or service not known", "resolve host")):
         return f"cannot connect ({text[:160]}); check storage.endpoint_override / storage.scheme and that the server is up"
-    return text[:300]
+    return None
 
 
 def _where(field: str, uri: str) -> str:
@@ -193,9 +202,8 @@ def _writable(cfg: JobConfig, storage: StorageConfig) -> list[Problem]:
                 except FileNotFoundError:
                     pass
         except Exception as e:  # noqa: BLE001
-            what = _storage_error(e)
-            if what == " ".join(str(e).split())[:300]:  # not a connection or credentials problem
-                what = f"cannot write a test object here ({what}); give the job write access or pick another {field}"
+            what = _access_problem(e) or (f"cannot write a test object here ({_one_line(e)[:300]}); give the job write "
+                                          f"access or pick another {field}")
             problems.append(Problem(_where(field, uri), what))
     return problems
 
