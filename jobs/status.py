@@ -33,36 +33,40 @@ def job_of_submission(cfg, submission_id: str) -> str | None:
         return None
 
 
-def run(args) -> int:
-    from pipelines.config import JobConfig
+def read_job(cfg, job_id: str) -> tuple[list, str]:
+    """A job's run summaries (oldest first) and its state: complete, incomplete, running or unknown."""
     from pipelines.paths import JobPaths
     from pipelines.storage import filesystem_for
-    from pipelines.summary import read_run_summaries, runs_table
+    from pipelines.summary import read_run_summaries
 
-    cfg = JobConfig.from_yaml(args.config)
-    paths = JobPaths.of(cfg, args.job_id)
+    paths = JobPaths.of(cfg, job_id)
     fs, runs_dir = filesystem_for(paths.runs, cfg.storage)
     summaries = read_run_summaries(fs, runs_dir)
-    if not summaries and (job_id := job_of_submission(cfg, args.job_id)):
-        print(f"Ray submission {args.job_id} ran job {job_id}", file=sys.stderr)
-        args.job_id, paths = job_id, JobPaths.of(cfg, job_id)
-        fs, runs_dir = filesystem_for(paths.runs, cfg.storage)
-        summaries = read_run_summaries(fs, runs_dir)
-    if args.json:
-        state = "unknown"
-        if summaries:
-            state = "complete" if summaries[-1].complete else "incomplete"
-        elif fs.get_file_info(filesystem_for(paths.quarantine, cfg.storage)[1]).type.name == "File":
-            state = "running"
-        print(json.dumps({"job_id": args.job_id, "state": state, "runs": [s.model_dump(mode="json") for s in summaries]}))
-        return 1 if state == "unknown" else 0
     if summaries:
-        print(f"job {args.job_id}: {len(summaries)} run(s)\n")
+        return summaries, "complete" if summaries[-1].complete else "incomplete"
+    ingested = fs.get_file_info(filesystem_for(paths.quarantine, cfg.storage)[1]).type.name == "File"
+    return summaries, "running" if ingested else "unknown"
+
+
+def run(args) -> int:
+    from pipelines.config import JobConfig
+    from pipelines.summary import runs_table
+
+    cfg = JobConfig.from_yaml(args.config)
+    job_id = args.job_id
+    summaries, state = read_job(cfg, job_id)
+    if not summaries and (submitted := job_of_submission(cfg, job_id)):
+        print(f"Ray submission {job_id} ran job {submitted}", file=sys.stderr)
+        job_id = submitted
+        summaries, state = read_job(cfg, job_id)
+    if args.json:
+        print(json.dumps({"job_id": job_id, "state": state, "runs": [s.model_dump(mode="json") for s in summaries]}))
+    elif summaries:
+        print(f"job {job_id}: {len(summaries)} run(s)\n")
         print(runs_table(summaries))
         print(f"latest run {summaries[-1].run_id}:\n")
         print(summaries[-1].to_markdown())
-        return 0
-    quarantine = fs.get_file_info(filesystem_for(paths.quarantine, cfg.storage)[1])
-    state = "running (ingest done)" if quarantine.type.name == "File" else "unknown (no trace of this job id)"
-    print(f"job {args.job_id}: {state}; training progress is in the job log (`ray job logs <submission id>`)")
-    return 0 if quarantine.type.name == "File" else 1
+    else:
+        what = "running (ingest done)" if state == "running" else "unknown (no trace of this job id)"
+        print(f"job {job_id}: {what}; training progress is in the job log (`ray job logs <submission id>`)")
+    return 1 if state == "unknown" else 0
