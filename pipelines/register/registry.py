@@ -299,15 +299,10 @@ class ConceptRegistry:
 
     def _ensure_registered_model(self, name: str, concept: ConceptId) -> None:
         def create():
-            try:
-                return self.client.create_registered_model(
-                    name, tags={names.TAG_TENANT: concept.tenant, names.TAG_CONCEPT: concept.concept},
-                    description=f"OmniPersona concept tokens of {concept.key}",
-                )
-            except MlflowException as e:
-                if e.error_code == "RESOURCE_ALREADY_EXISTS":  # another process created it since we looked
-                    return self._get_registered_model(name)
-                raise
+            return self.client.create_registered_model(
+                name, tags={names.TAG_TENANT: concept.tenant, names.TAG_CONCEPT: concept.concept},
+                description=f"OmniPersona concept tokens of {concept.key}",
+            )
 
         self.mlflow.create_once(lambda: self._get_registered_model(name), create, f"registered model {name}")
 

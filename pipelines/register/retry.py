@@ -53,10 +53,18 @@ def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
     raise AssertionError("unreachable")
 
 
+def already_exists(error: BaseException) -> bool:
+    return isinstance(error, MlflowException) and error.error_code == "RESOURCE_ALREADY_EXISTS"
+
+
 def create_once(
     find: Callable[[], T | None], create: Callable[[], T], policy: RetryPolicy, what: str
 ) -> tuple[T, bool]:
-    """Find-or-create that never duplicates. Returns (obj, created)."""
+    """Find-or-create that never duplicates. Returns (obj, created).
+
+    Another process may create the same object between our look and our create (two runs starting
+    at once): the server then answers RESOURCE_ALREADY_EXISTS and we take theirs.
+    """
     found = call_with_retries(find, policy, f"find {what}")
     if found is not None:
         return found, False
@@ -64,6 +72,11 @@ def create_once(
         try:
             return create(), True
         except Exception as e:
+            if already_exists(e):
+                found = call_with_retries(find, policy, f"find {what}")
+                if found is not None:
+                    return found, False
+                raise
             if delay is None or not is_transient(e):
                 raise
             log.warning("creating %s failed (%s); checking and retrying in %.1f s", what, e, delay)

@@ -412,3 +412,23 @@ def test_create_once_does_not_duplicate_when_the_answer_is_lost():
 
     obj, was_created = create_once(lambda: created[0] if created else None, create, FAST, "version")
     assert (obj, was_created, created) == ("v1", False, ["v1"])
+
+
+def test_create_once_takes_the_object_another_process_created_in_between():
+    """Two runs start at once: both look, find nothing, both create; the second one's create is
+    answered RESOURCE_ALREADY_EXISTS and it must take the first one's object, not fail the job."""
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+    existing = []
+    looks = []
+
+    def find():
+        looks.append(1)
+        return existing[0] if existing else None
+
+    def create():
+        existing.append("experiment-of-the-other-run")
+        raise MlflowException("Experiment(name=x) already exists", error_code=RESOURCE_ALREADY_EXISTS)
+
+    obj, was_created = create_once(find, create, FAST, "experiment")
+    assert (obj, was_created, len(looks)) == ("experiment-of-the-other-run", False, 2)
