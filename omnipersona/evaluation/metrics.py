@@ -2,12 +2,15 @@
 
 Names follow OmniPBench (Zhong et al., 2026): recognition is a weighted accuracy (positives and
 negatives count half each, and hard and random negatives half of the negative half each); QA and
-VQA are judged 0 / 0.5 / 1 like the paper's judge, here by matching the answer's content words.
+VQA answers are scored by the F1 of their content words against the expected answer (the paper's
+judge gives 0 / 0.5 / 1; a word match that only checked recall let an answer listing everything
+score 1, so this one also counts what the answer adds).
 What a picture shows is a judge's business (`harness.ImageJudge`), not this module's.
 """
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -21,18 +24,36 @@ def content_words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
 
 
+_NOTHING = {"nothing", "none", "no"}
+
+
+def _as_nothing(text: str) -> list[str]:
+    """Content words of an answer to a question whose answer is 'nothing': 'none', 'nothing' and
+    'no <word>' ('no accessory') each become the one word 'nothing'."""
+    words = content_words(re.sub(r"\bno\s+[a-z0-9]+", " nothing ", text.lower()))
+    return ["nothing" if w in _NOTHING else w for w in words]
+
+
 def answer_score(predicted: str, expected: str) -> float:
-    """Judge score of an answer: 1 when every content word of `expected` is in `predicted`,
-    0.5 when at least half of them are, else 0. An expected 'nothing' / 'none' also accepts 'none' /
-    'nothing' / 'no accessory'."""
-    want = content_words(expected)
-    got = set(content_words(predicted))
-    if set(want) <= {"nothing", "none"}:
-        return 1.0 if got & {"nothing", "none", "no"} else 0.0
+    """Token F1 of an answer: precision and recall of `predicted`'s content words against
+    `expected`'s (as multisets), combined as 2PR / (P + R), like SQuAD's F1 on normalised words.
+
+    An exact answer scores 1 ("The toy is a black excavator" for "a black excavator" 0.8: "toy" is
+    one word more), one right word of two 0.5, an empty or wrong answer 0, and an answer that lists
+    every attribute in the hope of containing the right one scores low (its precision is low): the
+    recall-only score before it gave that 1, which `test_answer_score_penalises_an_answer_that_lists_everything`
+    shows (it failed with the old function restored). An expected 'nothing' / 'none' also accepts
+    'none' / 'nothing' / 'no accessory'. An empty expected answer accepts only an empty one."""
+    want, got = content_words(expected), content_words(predicted)
+    if want and set(want) <= {"nothing", "none"}:
+        want, got = ["nothing"], _as_nothing(predicted)
     if not want:
         return 1.0 if not got else 0.0
-    hit = sum(w in got for w in want) / len(want)
-    return 1.0 if hit == 1.0 else 0.5 if hit >= 0.5 else 0.0
+    common = sum((Counter(want) & Counter(got)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(got), common / len(want)
+    return 2 * precision * recall / (precision + recall)
 
 
 def mean(values: Iterable[float]) -> float:
