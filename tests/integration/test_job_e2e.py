@@ -18,6 +18,7 @@ from omnipersona.world import make_concepts
 from omnipersona.world.uploads import UploadOptions, write_uploads
 from pipelines.storage import filesystem_for, list_files
 from pipelines.summary import OUTCOMES
+from tests.services.ray_head import agent_not_up, submit_command
 from tests.services.s3 import upload_tree
 
 pytestmark = pytest.mark.integration
@@ -26,16 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def ray_job_submit(ray_head, job_yaml: Path, env_vars: dict) -> subprocess.CompletedProcess:
     """`ray job submit` under a submission id of its own (`done.submission_id`)."""
-    runtime_env = {"env_vars": env_vars}
     for _ in range(24):
         submission_id = f"e2e-{uuid.uuid4().hex[:12]}"
-        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
-               "--submission-id", submission_id, "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
-               "python", "-m", "jobs.personalize", "--config", str(job_yaml)]
+        cmd = submit_command(ray_head, ["python", "-m", "jobs.personalize", "--config", str(job_yaml)],
+                             submission_id=submission_id, runtime_env={"env_vars": env_vars})
         done = subprocess.run(cmd, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=900)
         done.submission_id = submission_id
-        # A freshly started head answers before its job agent is up: that is not a failed job.
-        if "No available agent" not in done.stdout + done.stderr:
+        if not agent_not_up(done.stdout + done.stderr):
             return done
         time.sleep(5)
     return done

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,11 @@ from omnipersona.concepts.artifact import ConceptArtifact
 from omnipersona.identity import ConceptId
 from omnipersona.world import make_concepts
 from omnipersona.world.uploads import UploadOptions, write_uploads
+from pipelines.register.names import RUN_TAG_RAY_SUBMISSION_ID
 from pipelines.storage import filesystem_for, list_files, read_bytes
 from tests.integration.test_job_promises import TENANT, versions  # registered versions per concept
 from tests.services.mlflow_server import MlflowServerProcess
+from tests.services.ray_head import submit_command, wait_for_job_agent
 from tests.services.s3 import SeaweedProcess, upload_tree
 
 pytestmark = pytest.mark.integration
@@ -81,9 +84,12 @@ class JobProcess:
         self.process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "jobs.personalize", "--config", str(self.yaml), *self.extra_args]
+
     def start(self) -> "JobProcess":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jobs.personalize", "--config", str(self.yaml), *self.extra_args], cwd=REPO, env=self.env,
+            self.command(), cwd=REPO, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -121,6 +127,22 @@ class JobProcess:
 
     def run(self) -> int:
         return self.start().wait()
+
+
+class SubmittedJob(JobProcess):
+    """The same job through `ray job submit` to the head (how the nightly job and an operator run
+    it): the driver runs on the cluster, and the submit command prints its log and exits with its
+    status. The S3 credentials are in the head's environment, never in the submission."""
+
+    def __init__(self, config: dict, tmp_path: Path, ray_head, s3, name: str = "job"):
+        super().__init__(config, tmp_path, ray_head, s3, name)
+        self.ray_head = ray_head
+        self.env = ray_head.env
+        self.submission_id = f"faults-{name}-{uuid.uuid4().hex[:8]}"
+
+    def command(self) -> list[str]:
+        return submit_command(self.ray_head, ["python", "-m", "jobs.personalize", "--config", str(self.yaml), *self.extra_args],
+                              submission_id=self.submission_id)
 
 
 def summaries(s3, prefix: str) -> list[dict]:
@@ -310,13 +332,9 @@ def test_the_extension_cache_reaches_the_workers_of_a_submitted_job(ray_head, tm
     the submission set too, so `_ensure_ray` must leave those to the submission."""
     cache = str(tmp_path / "torch_extensions")
     runtime_env = {"env_vars": {"TORCH_EXTENSIONS_DIR": cache, "OMP_NUM_THREADS": "1"}}
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
-           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-c", ENV_PROBE]
-    for _ in range(12):
-        done = subprocess.run(cmd, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=300)
-        if "No available agent" not in done.stdout + done.stderr:  # a fresh head's job agent is not up yet
-            break
-        time.sleep(5)
+    wait_for_job_agent(ray_head, REPO)
+    done = subprocess.run(submit_command(ray_head, ["python", "-c", ENV_PROBE], runtime_env=runtime_env), cwd=REPO,
+                          env=ray_head.env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"worker TORCH_EXTENSIONS_DIR={cache}" in done.stdout, done.stdout[-3000:]
 
@@ -325,19 +343,23 @@ def test_the_extension_cache_reaches_the_workers_of_a_submitted_job(ray_head, tm
 
 
 @pytest.mark.parametrize("second_job_id", [None, "job-concurrent-other"], ids=["same-job", "other-job-same-concepts"])
-def test_two_runs_at_once_train_each_concept_once_and_register_one_version(
+def test_two_submissions_at_once_train_each_concept_once_and_register_one_version(
         second_job_id, uploads, s3_server, ray_head, mlflow_server, tiny_bagel_dir, tmp_path):
-    """Two submissions at once, of the same job (one run waits for the other: leases on the job id)
-    or of two jobs over the same concepts (leases on the artifacts): every concept is trained and
-    exported once, registered once, and both runs end 0; the run that did not train a concept says
-    which run did."""
+    """Two `ray job submit` at once, of the same job (one run waits for the other: leases on the job
+    id) or of two jobs over the same concepts (leases on the artifacts): every concept is trained and
+    exported once, registered once, and both submissions end 0; the run that did not train a concept
+    says which run did (the proof that both really ran at once). Both drivers run on the head, as in
+    production; their runs overlap (asserted from the summaries' start and finish times).
+    Break-checked: with `Leases.acquire` always granting, both jobs train both concepts and the
+    second ends 1 (its registration races the first's: a second version, an alias conflict)."""
     prefix = f"fault-concurrent-{'same' if second_job_id is None else 'other'}"
     put_uploads(uploads, s3_server, prefix)
     config = job_config(s3_server, prefix, mlflow_server.tracking_uri, tmp_path / "runs", tiny_bagel_dir)
-    first = JobProcess(config, tmp_path, ray_head, s3_server, name="first")
-    second = JobProcess(config, tmp_path, ray_head, s3_server, name="second")
+    first = SubmittedJob(config, tmp_path, ray_head, s3_server, name="first")
+    second = SubmittedJob(config, tmp_path, ray_head, s3_server, name="second")
     if second_job_id:
         second.extra_args = ["--job-id", second_job_id]
+    wait_for_job_agent(ray_head, REPO)  # else one could be refused and retried after the other ended
     first.start(), second.start()
     codes = first.wait(), second.wait()
     assert codes == (0, 0), first.output[-3000:] + "\n-----\n" + second.output[-3000:]
@@ -351,6 +373,9 @@ def test_two_runs_at_once_train_each_concept_once_and_register_one_version(
     assert all(v == [1] for v in versions(mlflow_server.tracking_uri, uploads["concepts"], prefix).values())
     runs = summaries(s3_server, prefix)
     assert len(runs) == 2
+    assert runs[1]["started_at"] < runs[0]["finished_at"], "the two runs overlapped"
+    tags = [MlflowClient(mlflow_server.tracking_uri).get_run(run["run_id"]).data.tags for run in runs]
+    assert {t.get(RUN_TAG_RAY_SUBMISSION_ID) for t in tags} == {first.submission_id, second.submission_id}, "both came by `ray job submit`"
     outcomes = [c for run in runs for c in run["concepts"]]
     assert sorted(c["outcome"] for c in outcomes) == ["done", "done", "skipped", "skipped"], outcomes
     trainers = {run["run_id"] for run in runs if any(c["outcome"] == "done" for c in run["concepts"])}

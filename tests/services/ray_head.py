@@ -5,6 +5,7 @@ processes submit jobs to, as in production.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -25,6 +26,36 @@ class RayHead:
     dashboard_url: str
     env: dict
     temp_dir: str = ""  # the head's session folders: every Ray log of the jobs it ran
+
+
+def submit_command(head: RayHead, entrypoint: list[str], *, submission_id: str | None = None,
+                   runtime_env: dict | None = None) -> list[str]:
+    """`ray job submit` of `entrypoint` to `head` with this repository as the working dir (what an
+    operator types; run it with `cwd` at the repository root and `env=head.env`)."""
+    cmd = [_ray_cli(), "job", "submit", "--address", head.dashboard_url, "--working-dir", "."]
+    if submission_id:
+        cmd += ["--submission-id", submission_id]
+    if runtime_env:
+        cmd += ["--runtime-env-json", json.dumps(runtime_env)]
+    return [*cmd, "--", *entrypoint]
+
+
+def agent_not_up(output: str) -> bool:
+    """A freshly started head answers before its job agent is up: that is not a failed job."""
+    return "No available agent" in output
+
+
+def wait_for_job_agent(head: RayHead, cwd: Path, timeout_s: float = 180) -> None:
+    """Submit a no-op until the head accepts jobs, so that submissions meant to run at once do."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = subprocess.run(submit_command(head, [sys.executable, "-c", "pass"]), cwd=cwd, env=head.env,
+                              capture_output=True, text=True, timeout=300)
+        if not agent_not_up(done.stdout + done.stderr):
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            return
+        assert time.monotonic() < deadline, "the Ray head's job agent did not come up"
+        time.sleep(3)
 
 
 def _free_port() -> int:
