@@ -49,9 +49,13 @@ class TrainStageConfig(BaseModel):
     recipe: TrainConfig = Field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
-    pack_size: int | None = Field(None, ge=1, description="Concepts per pack; None = from the memory budget")
+    pack_size: int | None = Field(None, ge=1, description="Concepts per pack; None = the largest pack whose "
+                                  "per-worker share of a step fits pack_memory_budget_mb and pack_tokens_per_worker")
     max_pack_size: int = Field(128, ge=1)
     pack_memory_budget_mb: float = Field(512.0, gt=0, description="Per-worker memory the pack may use")
+    pack_tokens_per_worker: int | None = Field(
+        None, ge=1, description="Tokens each worker processes per step (its share of the pack's examples); the pack "
+        "grows with the number of workers so this share does not shrink; None = memory budget only")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
     progress_interval_s: float = Field(10.0, ge=2, description="Seconds between progress reports of steps "
                                        "(lines in the job log); a pack's first step and its checkpoints are always reported")

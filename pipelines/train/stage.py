@@ -18,7 +18,7 @@ from pipelines.storage import StorageConfig, filesystem_for, join
 from pipelines.train.config import TrainStageConfig
 from pipelines.train.faults import FaultSpec
 from pipelines.train.loop import WorkerSpec, train_loop_per_worker
-from pipelines.train.packs import bytes_per_concept, make_packs, pack_size_for
+from pipelines.train.packs import make_packs, plan_pack_size
 from pipelines.train.progress import follow_progress
 from pipelines.train.runner import TrainConcept, artifact_exists
 
@@ -49,8 +49,9 @@ def run_name(job_id: str, packs: list[list[TrainConcept]], pack_size: int, cfg: 
 def choose_pack_size(cfg: TrainStageConfig, hidden: int, layers: int, tokens_per_example: int = 160) -> int:
     if cfg.pack_size is not None:
         return min(cfg.pack_size, cfg.max_pack_size)
-    per = bytes_per_concept(hidden, layers, cfg.recipe, tokens_per_example, cfg.scaling.num_workers)
-    return pack_size_for(cfg.pack_memory_budget_mb, per, cfg.max_pack_size)
+    return plan_pack_size(hidden=hidden, layers=layers, recipe=cfg.recipe, tokens_per_example=tokens_per_example,
+                          num_workers=cfg.scaling.num_workers, memory_budget_mb=cfg.pack_memory_budget_mb,
+                          tokens_per_worker=cfg.pack_tokens_per_worker, max_pack=cfg.max_pack_size)
 
 
 def plan_packs(planned: list[TrainConcept], pack_size: int) -> list[list[TrainConcept]]:
