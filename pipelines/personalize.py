@@ -30,6 +30,8 @@ from pipelines.job_leases import JobLeases, trained_by
 from pipelines.model_store import VisionEncoderFeatures, load_base, resolve_model_uri
 from pipelines.paths import JobPaths
 from pipelines.register import ConceptRegistry, JobRuns, JobRunSpec, MlflowConnection, names
+from pipelines.register import stage as register_stage
+from pipelines.register.stage import SKIP_REASON
 from pipelines.storage import filesystem_for, write_bytes_atomic
 from pipelines.summary import ConceptOutcome, JobSummary
 from pipelines.train.example_store import read_pools, write_examples
@@ -275,9 +277,6 @@ def select(ctx: JobContext, ingest: IngestResult) -> JobPlan:
     return selection
 
 
-SKIP_REASON = "already registered: same data, recipe and base"
-
-
 def why_train(latest, concept: TrainConcept) -> str:
     """What differs from the concept's newest registered version (`latest`, None for a new concept)."""
     if latest is None:
@@ -368,41 +367,13 @@ def train(ctx: JobContext, concepts: list[TrainConcept], planned: list[TrainConc
 
 
 def evaluate_and_register(ctx: JobContext, selection: JobPlan) -> None:
-    """One concept at a time; one failure never stops the others."""
-    concepts = selection.to_register
+    """Evaluation here, one concept at a time; each concept's registration on a bounded thread pool
+    as soon as its evaluation ends (`pipelines.register.stage`); one failure never stops the others."""
     from pipelines.evaluate.benchmark import load_judge
 
     # The judge of generated pictures (`evaluation.judge`), loaded once per job when the config names one.
-    judge = load_judge(ctx.cfg.evaluation, ctx.cfg.ingest.vit_size, log=log.info) if concepts else None
-    for i, c in enumerate(sorted(concepts, key=lambda c: c.id), 1):
-        if ctx.mlflow_down:  # found unreachable: the rest wait for the next run (no minutes of retries each)
-            outcome = pending_registration(c, ctx.mlflow_down)
-        else:
-            try:
-                evaluation = evaluate(ctx, c, judge)
-                outcome = register(ctx, c, evaluation)
-                if ctx.leases is not None:
-                    ctx.leases.release(c)
-            except Exception as exc:  # noqa: BLE001 - reported per concept, the batch goes on
-                if not ctx.registry.mlflow.reachable():
-                    ctx.mlflow_down = f"{type(exc).__name__}: {exc}"
-                    log.error("MLflow at %s is unreachable (%s): %s and the concepts after it stay exported, pending "
-                              "registration; rerun once MLflow is back", ctx.cfg.mlflow.tracking_uri, ctx.mlflow_down, c.id.key)
-                    outcome = pending_registration(c, ctx.mlflow_down)
-                else:
-                    log.exception("concept %s failed", c.id.key)
-                    outcome = ConceptOutcome(concept_key=c.id.key, outcome="failed", reason=f"{type(exc).__name__}: {exc}")
-        outcome.why = outcome.why or selection.why.get(c.id, "")
-        ctx.summary.add(outcome)
-        version = f" v{outcome.version}" if outcome.version else ""
-        champion = {True: " (champion)", False: " (candidate)"}.get(outcome.promoted, "")
-        log.info("[5/5] register %d/%d: %s -> %s%s%s", i, len(concepts), c.id.key, outcome.outcome, version, champion)
-
-
-def pending_registration(c: TrainConcept, error: str) -> ConceptOutcome:
-    return ConceptOutcome(concept_key=c.id.key, outcome="pending_registration",
-                          reason=f"MLflow unreachable ({error[:300]}); the artifact is exported: the next run registers it "
-                                 "without training")
+    judge = load_judge(ctx.cfg.evaluation, ctx.cfg.ingest.vit_size, log=log.info) if selection.to_register else None
+    register_stage.evaluate_and_register(ctx, selection.to_register, selection.why, lambda c: evaluate(ctx, c, judge))
 
 
 @dataclass
@@ -437,24 +408,6 @@ def evaluate(ctx: JobContext, c: TrainConcept, judge=None) -> Evaluation:
         if cfg.evaluation.sample_images:
             pictures = sample_pictures(persona, artifact.manifest.display_name, pool.examples)
     return Evaluation(metrics, pictures)
-
-
-def register(ctx: JobContext, c: TrainConcept, evaluation: Evaluation) -> ConceptOutcome:
-    """A new registered version (the gate decides `champion`), or `skipped` if one exists."""
-    art_fs, path = filesystem_for(ctx.paths.artifact(c.id, c.data_digest, c.recipe_hash, c.base_fingerprint), ctx.cfg.storage)
-    res = ctx.registry.register_concept(ctx.run_id, path, filesystem=art_fs, metrics=evaluation.metrics,
-                                        images=evaluation.pictures, gate=ctx.cfg.gate, data_uri=ctx.paths.uploads(c.id),
-                                        base_model_uri=ctx.cfg.model.uri)
-    if res.status == "registered" and res.model_id:
-        # The concept's training curves, step by step, in its own registration run (a child of the job run).
-        history = ConceptArtifact.load(path, filesystem=art_fs).manifest.extra.get("loss_history", {})
-        ctx.runs.log_training_curves(ctx.runs.source_run_of(res.model_id), history)
-    if res.status == "already_registered":
-        return ConceptOutcome(concept_key=c.id.key, outcome="skipped", model_name=res.model_name, version=str(res.version),
-                              why=SKIP_REASON)
-    reason = "" if res.gate is None or res.gate.passed else "gate: " + "; ".join(res.gate.reasons)
-    return ConceptOutcome(concept_key=c.id.key, outcome="done", model_name=res.model_name, version=str(res.version),
-                          promoted=res.promoted, metrics=evaluation.metrics, reason=reason)
 
 
 # ---------------------------------------------------------------- summary

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -248,18 +249,13 @@ class ConceptRegistry:
         threads: int = DEFAULT_REGISTRATION_THREADS,
         on_done: Callable[[RegistrationOutcome], None] | None = None,
     ) -> list[RegistrationOutcome]:
-        """`register_concept` for each request, at most ``threads`` at once: a registration is a
-        chain of ~35 requests to the MLflow server, whose latency threads overlap (the server's CPU,
-        ~10 ms a request, then bounds the rate). Outcomes come back in the order of the
-        requests; a request that raised carries its exception and the others go on. ``on_done`` is
-        called in this thread as each one finishes (progress). Idempotent as `register_concept`:
-        the same artifact twice, even at once, gives one version. A ``sqlite:`` tracking URI (this
-        process writes the database itself, and sqlite takes one writer) registers one at a time."""
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        if self.mlflow.tracking_uri.startswith("sqlite:") and threads > 1:
-            log.info("tracking URI %s is a sqlite file: registering one concept at a time", self.mlflow.tracking_uri)
-            threads = 1
+        """`register_concept` for each request, at most ``threads`` at once (a `RegistrationPool`):
+        a registration is a chain of requests to the MLflow server, whose latency threads overlap
+        (the server's CPU then bounds the rate). Outcomes come back in the order of the requests; a
+        request that raised carries its exception and the others go on. ``on_done`` is called in
+        this thread as each one finishes (progress). Idempotent as `register_concept`: the same
+        artifact twice, even at once, gives one version. A ``sqlite:`` tracking URI registers one
+        at a time."""
         requests = list(requests)
         outcomes: list[RegistrationOutcome | None] = [None] * len(requests)
 
@@ -280,21 +276,9 @@ class ConceptRegistry:
             if on_done is not None:
                 on_done(outcome)
 
-        if threads == 1 or len(requests) <= 1:
+        with RegistrationPool(self.mlflow, threads, on_done=finish) as pool:
             for i, request in enumerate(requests):
-                finish(i, run(request))
-            return outcomes  # type: ignore[return-value]
-        if requests:
-            _ = self.mlflow.experiment_id  # resolved once, before the threads would race to create it
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="register")
-        try:
-            pending: dict[Future, int] = {pool.submit(run, request): i for i, request in enumerate(requests)}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finish(pending.pop(future), future.result())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # an interrupt: what has not started never starts
+                pool.submit(i, lambda request=request: run(request))
         return outcomes  # type: ignore[return-value]
 
     def _ensure_registered_model(self, name: str, concept: ConceptId) -> None:
@@ -392,6 +376,71 @@ class ConceptRegistry:
         for found in records.concept_runs():
             records.purge_run(found)
         return [found.ref[0] for found in models]
+
+
+class RegistrationPool:
+    """Registrations on at most ``threads`` threads of their own while the thread that submits them
+    goes on (the job's stage evaluates the next concept meanwhile): ``submit(key, fn)`` queues
+    ``fn()``; what it returns reaches ``on_done(key, value)`` in the submitting thread, in the order
+    they finish, whenever that thread calls `submit`, `collect` or `join` (leaving the ``with``
+    block joins). ``fn`` reports its own failures in what it returns: an exception it lets through
+    propagates from there. ``backlog`` bounds the submitted registrations not yet started (None: no
+    bound): `submit` then waits for one to finish, so a producer faster than the registry does not
+    queue every concept's pictures in memory. A ``sqlite:`` tracking URI (this process writes the
+    database itself, and sqlite takes one writer) gets one thread. Interrupted (an exception in
+    the ``with`` block), what has not started never starts and what runs is waited for."""
+
+    def __init__(self, mlflow_: MlflowConnection, threads: int = DEFAULT_REGISTRATION_THREADS,
+                 on_done: Callable[[Any, Any], None] | None = None, backlog: int | None = None) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if mlflow_.tracking_uri.startswith("sqlite:") and threads > 1:
+            log.info("tracking URI %s is a sqlite file: registering one concept at a time", mlflow_.tracking_uri)
+            threads = 1
+        self.mlflow = mlflow_
+        self.threads = threads
+        self.on_done = on_done
+        self.backlog = backlog
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: dict[Future, Any] = {}
+
+    def submit(self, key: Any, fn: Callable[[], Any]) -> None:
+        self.collect()
+        while self.backlog is not None and len(self._pending) >= self.threads + self.backlog:
+            self.collect(wait=True)
+        if self._executor is None:
+            _ = self.mlflow.experiment_id  # resolved once, before the threads would race to create it
+            self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="register")
+        self._pending[self._executor.submit(fn)] = key
+
+    def collect(self, wait: bool = False) -> int:
+        """Hand the finished registrations to ``on_done`` (with ``wait``: at least one, unless none
+        is pending); returns how many."""
+        if not self._pending:
+            return 0
+        done, _ = futures_wait(self._pending, timeout=None if wait else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            key = self._pending.pop(future)
+            value = future.result()
+            if self.on_done is not None:
+                self.on_done(key, value)
+        return len(done)
+
+    def join(self) -> None:
+        """Wait for every submitted registration (each handed to ``on_done``)."""
+        while self._pending:
+            self.collect(wait=True)
+
+    def __enter__(self) -> "RegistrationPool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.join()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _chunks_by_length(items: list[str], max_chars: int) -> Iterable[list[str]]:
