@@ -30,6 +30,21 @@ class ConceptOutcome(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class DriverUse(BaseModel):
+    """What the job's driver process used: its peak resident memory, and whether it loaded the base
+    model's weights (only evaluation in the driver does; scale tests and benchmarks read both)."""
+
+    peak_rss_mb: float
+    base_weights_loaded: bool
+
+    @classmethod
+    def now(cls, base_weights_loaded: bool) -> "DriverUse":
+        import resource
+
+        return cls(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+                   base_weights_loaded=base_weights_loaded)
+
+
 class JobSummary(BaseModel):
     job_id: str
     run_id: str | None = None  # this submission's MLflow run (also its folder under <work>/<job id>/runs/)
@@ -43,6 +58,7 @@ class JobSummary(BaseModel):
     # What could not be recorded in MLflow (the job run's summary, its end state) when the server
     # was down at the end: this summary, in the work store, is then the only record of the run.
     mlflow_error: str | None = None
+    driver: DriverUse | None = None
 
     @property
     def complete(self) -> bool:

@@ -76,6 +76,12 @@ def fingerprint_state_dict(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:32]
 
 
+def fingerprint_checkpoint(path: str, filesystem=None) -> str:
+    """The fingerprint `load_bagel` gives this checkpoint, from its weights file alone (no model built)."""
+    folder = Path(_localize(path, filesystem))
+    return fingerprint_state_dict(load_file(folder / EMA))
+
+
 def _localize(path: str, filesystem=None) -> str:
     """Return a local folder for `path`, copying remote checkpoints into a temp cache."""
     if filesystem is None and "://" not in path:
