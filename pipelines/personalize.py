@@ -27,13 +27,14 @@ from pipelines.ingest.dataset import IngestResult, build_ingest
 from pipelines.ingest.features import colour_histogram_features
 from pipelines.ingest.snapshot import take_snapshot
 from pipelines.job_leases import JobLeases, trained_by
-from pipelines.model_store import VisionEncoderFeatures, load_base, resolve_model_uri
+from pipelines.model_store import (BaseModelInfo, VisionEncoderFeatures, base_weights_loaded_here, describe_base, load_base,
+                                   resolve_model_uri)
 from pipelines.paths import JobPaths
 from pipelines.register import ConceptRegistry, JobRuns, JobRunSpec, MlflowConnection, names
 from pipelines.register import stage as register_stage
 from pipelines.register.stage import SKIP_REASON
 from pipelines.storage import filesystem_for, write_bytes_atomic
-from pipelines.summary import ConceptOutcome, JobSummary
+from pipelines.summary import ConceptOutcome, DriverUse, JobSummary
 from pipelines.train.example_store import read_pools, write_examples
 from pipelines.train.runner import TrainConcept, artifact_exists
 from pipelines.train.stage import run_training
@@ -48,7 +49,7 @@ class JobContext:
     cfg: JobConfig
     paths: JobPaths
     model_uri: str
-    bundle: object  # the loaded base (omnipersona.model.checkpoint.LoadedBagel)
+    base: BaseModelInfo  # id, sizes and fingerprint: the driver never loads the weights to know them
     recipe_hash: str
     runs: JobRuns
     run_id: str
@@ -56,6 +57,11 @@ class JobContext:
     summary: JobSummary
     leases: JobLeases | None = None  # set by run_job once the job has a run
     mlflow_down: str | None = None  # why MLflow was found unreachable during this run (then registration stops)
+
+    @property
+    def bundle(self):
+        """The loaded base (cached per process): only evaluation in this process needs it."""
+        return load_base(self.model_uri, self.cfg.storage)
 
     @property
     def held_out_epochs(self) -> list[int]:
@@ -191,16 +197,17 @@ def job_id_for(cfg: JobConfig, snapshot_digest: str, recipe_hash: str, base_fing
 
 
 def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
-    """Load the base and take the uploads' snapshot, name the job and open its MLflow run (the
-    job's first log line says both), then ingest that snapshot (validation, quarantine, lazy examples)."""
+    """Describe the base (its configs and fingerprint, not its weights) and take the uploads'
+    snapshot, name the job and open its MLflow run (the job's first log line says both), then ingest
+    that snapshot (validation, quarantine, lazy examples)."""
     started = datetime.now(timezone.utc)
     model_uri = resolve_model_uri(cfg.model.uri, cfg.model.tiny_cache)
-    bundle = load_base(model_uri, cfg.storage)
+    base = describe_base(model_uri, cfg.storage)
     recipe_hash = config_hash(cfg.train.recipe)
     taken = take_snapshot(cfg.ingest, cfg.storage)
     digests = taken[0].digests()
     snapshot_digest = hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(digests.items())).encode()).hexdigest()[:16]
-    paths = JobPaths.of(cfg, job_id_for(cfg, snapshot_digest, recipe_hash, bundle.fingerprint))
+    paths = JobPaths.of(cfg, job_id_for(cfg, snapshot_digest, recipe_hash, base.fingerprint))
 
     # MLflow's registry resolves `models:/m-...` sources through the process-wide tracking URI (a
     # bare sqlite store would otherwise look in ./mlruns): this job process talks to one MLflow.
@@ -212,7 +219,7 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
     submission_id = ray_submission_id()
     run_id = runs.start(JobRunSpec(
         job_id=paths.job_id, snapshot_uri=cfg.ingest.uploads_uri, snapshot_digest=snapshot_digest, config_hash=recipe_hash,
-        base_model_id=bundle.config.model_id, base_fingerprint=bundle.fingerprint, zero_stage=cfg.train.deepspeed.zero_stage,
+        base_model_id=base.model_id, base_fingerprint=base.fingerprint, zero_stage=cfg.train.deepspeed.zero_stage,
         ray_submission_id=submission_id, params=job_params(cfg),
     ))
     log.info("job %s, MLflow run %s%s", paths.job_id, run_id, f", Ray submission {submission_id}" if submission_id else "")
@@ -240,7 +247,7 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
     ingest.quarantine.write(paths.quarantine, cfg.storage)
     registry = ConceptRegistry(connection, prefix=cfg.mlflow.registry_prefix)
     summary.run_id = run_id
-    ctx = JobContext(cfg, paths, model_uri, bundle, recipe_hash, runs, run_id, registry, summary)
+    ctx = JobContext(cfg, paths, model_uri, base, recipe_hash, runs, run_id, registry, summary)
     return ctx, ingest
 
 
@@ -255,7 +262,7 @@ def select(ctx: JobContext, ingest: IngestResult) -> JobPlan:
     art_fs, art_root = filesystem_for(ctx.cfg.artifacts.root, ctx.cfg.storage)
     selection = JobPlan()
     concepts = [TrainConcept(ConceptId.parse(c.concept_key), c.display_name, c.class_word, c.data_digest,
-                             ctx.recipe_hash, ctx.bundle.fingerprint) for c in ingest.concepts]
+                             ctx.recipe_hash, ctx.base.fingerprint) for c in ingest.concepts]
     # Every concept's versions in a few paged searches (not two requests per concept: 5,000 models scale).
     registered = ctx.registry.versions_of(ctx.registry.model_name(concept.id) for concept in concepts)
     for concept in concepts:
@@ -343,11 +350,10 @@ def train(ctx: JobContext, concepts: list[TrainConcept], planned: list[TrainConc
     `planned` is every concept this job brings to a registered version, including those an earlier
     submission already exported: the Ray run's packs and name come from it, so a resubmitted job
     resumes the same run where it stopped."""
-    llm = ctx.bundle.config.llm
     result = run_training(
         job_id=ctx.paths.job_id, concepts=concepts, model_uri=ctx.model_uri, examples_uri=ctx.paths.examples,
         artifact_root=ctx.paths.artifact_root, run_storage_uri=ctx.paths.runs_root, storage=ctx.cfg.storage,
-        cfg=ctx.cfg.train, hidden_size=llm.hidden_size, num_layers=llm.num_hidden_layers,
+        cfg=ctx.cfg.train, hidden_size=ctx.base.hidden_size, num_layers=ctx.base.num_layers,
         exclude_epochs=ctx.held_out_epochs, planned=planned,
     )
     if result.error:
@@ -416,6 +422,7 @@ def evaluate(ctx: JobContext, c: TrainConcept, judge=None) -> Evaluation:
 def finish_job(ctx: JobContext) -> None:
     """This run's summary in the work folder (`runs/<run id>/`) and in its MLflow run; the run ends
     FAILED when a concept failed or is pending, so the MLflow UI shows it too."""
+    ctx.summary.driver = DriverUse.now(base_weights_loaded=base_weights_loaded_here())
     summary = ctx.summary.finish()
 
     def write() -> None:
