@@ -1,6 +1,8 @@
 """Typed settings of the train stage (part of the job spec)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnipersona.recipe import TrainConfig
@@ -41,6 +43,11 @@ class ScalingSettings(BaseModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(1, ge=0)
+    # Custom Ray resources each training worker takes, e.g. {"trainer_slot": 1} on nodes started with
+    # `ray start --resources='{"trainer_slot": 1}'`: pins workers to the nodes meant for training.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How Ray places the workers' bundles over nodes (Ray Train's ScalingConfig)")
 
 
 class TrainStageConfig(BaseModel):

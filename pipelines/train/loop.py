@@ -207,7 +207,7 @@ def announce_start(worker: Worker, resume: Resume, seconds: float) -> None:
     import ray.train
 
     resumed = resume.pack_index > 0 or resume.step > 0
-    worker.run_log.add("start", world=worker.world, resumed_pack_index=resume.pack_index if resumed else None,
+    worker.run_log.add("start", world=worker.world, node_id=ray.get_runtime_context().get_node_id(), resumed_pack_index=resume.pack_index if resumed else None,
                        resumed_step=resume.step if resumed else None)
     if resumed and worker.rank == 0:
         worker.run_log.add("resume", pack=resume.pack_index + 1, pack_index=resume.pack_index, step=resume.step)

@@ -126,7 +126,9 @@ def fit(spec: WorkerSpec, cfg: TrainStageConfig, name: str, run_storage_uri: str
             # The spec object itself (pickled), not a JSON dump: credentials are SecretStr fields.
             train_loop_config={"spec": spec},
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                                                               **cfg.scaling.resources_per_worker},
+                                         placement_strategy=cfg.scaling.placement_strategy),
             run_config=RunConfig(
                 # The same job inputs give the same name (see `run_name`): a resubmission resumes.
                 name=name,

@@ -68,26 +68,15 @@ def _ray_cli() -> str:
     return shutil.which("ray") or str(Path(sys.executable).parent / "ray")
 
 
-@pytest.fixture(scope="session")
-def ray_head(s3_server):
+def start_ray_head(env: dict, *, num_cpus: int = 4, resources: dict | None = None) -> RayHead:
+    """`ray start --head` on loopback with the job server, on free ports; stop it with `stop_ray`."""
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Unix socket paths are limited
     port, dash = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "OMP_NUM_THREADS": "1",
-        # The session's S3 credentials in the head's environment, as a pod's env from a Secret: every
-        # job driver and worker inherits them. Never in a submission's runtime env: Ray writes that,
-        # variables included, to its runtime_env_agent log (docs/deployment.md).
-        **s3_server.job_env(),
-    }
-    cmd = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
+    cmd = [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
            "--disable-usage-stats",
            # The session's in-process Ray (ray_cluster.py) holds the default agent ports: pick free ones.
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+           *_agent_ports(), *(["--resources", json.dumps(resources)] if resources else [])]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 60
@@ -98,12 +87,53 @@ def ray_head(s3_server):
         except OSError:
             time.sleep(0.5)
     else:
+        stop_ray(temp_dir)
         raise RuntimeError(f"the Ray job server at {url} did not come up")
+    return RayHead(gcs_address=f"127.0.0.1:{port}", dashboard_url=url, env=env, temp_dir=temp_dir)
+
+
+def add_worker_node(head: RayHead, *, num_cpus: int, resources: dict | None = None) -> str:
+    """A second Ray node on this machine joined to `head` (`ray start --address=...`): a real
+    multi-node cluster, with its own raylet and object store. Returns its temp dir (for stop_ray)."""
+    temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+    cmd = [_ray_cli(), "start", f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+           "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--node-manager-port={_free_port()}",
+           f"--object-manager-port={_free_port()}", *_agent_ports(),
+           *(["--resources", json.dumps(resources)] if resources else [])]
+    subprocess.run(cmd, env=head.env, check=True, capture_output=True, timeout=120)
+    return temp_dir
+
+
+def _agent_ports() -> list[str]:
+    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+
+
+def ray_head_env(s3_server) -> dict:
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        # The session's S3 credentials in the head's environment, as a pod's env from a Secret: every
+        # job driver and worker inherits them. Never in a submission's runtime env: Ray writes that,
+        # variables included, to its runtime_env_agent log (docs/deployment.md).
+        **s3_server.job_env(),
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_head(s3_server):
+    head = start_ray_head(ray_head_env(s3_server))
     try:
-        yield RayHead(gcs_address=f"127.0.0.1:{port}", dashboard_url=url, env=env, temp_dir=temp_dir)
+        yield head
     finally:
-        _stop_processes_of(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray(head.temp_dir)
+
+
+def stop_ray(temp_dir: str) -> None:
+    _stop_processes_of(temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stop_processes_of(temp_dir: str) -> None:
