@@ -65,8 +65,12 @@ class JobContext:
 
     @property
     def held_out_epochs(self) -> list[int]:
-        """The last ingest epoch is held out of training for evaluation (when there are several)."""
-        return [self.cfg.ingest.epochs - 1] if self.cfg.ingest.epochs > 1 else []
+        """The ingest epochs training leaves out and the gate scores: the gate's epoch, planned from
+        each concept's held-out images (`ingest.gate_holdout_every`); with that rule off the last
+        ingest epoch when there are several."""
+        from pipelines.ingest.holdout import gate_epochs
+
+        return gate_epochs(self.cfg.ingest)
 
 
 @dataclass
@@ -403,7 +407,9 @@ def evaluate(ctx: JobContext, c: TrainConcept, judge=None) -> Evaluation:
     persona = Persona.from_artifacts(ctx.bundle, [artifact], image_size=cfg.ingest.vit_size,
                                      sampling=FlowSampling(num_steps=cfg.evaluation.sampling_steps))
     # The concept's held-out eval set when the job has one (material its training never saw in any
-    # form: the OmniPBench-style harness); else the ingest epoch held out of training.
+    # form: the OmniPBench-style harness); else the gate's epoch: its own images held out of training
+    # (or, for a concept with too few to spare, fresh augmentations of its training images: its
+    # summary notes say which).
     metrics = benchmark_metrics(cfg.evaluation, cfg.storage, persona, c.id, cfg.ingest.vit_size, judge)
     pictures = {}
     if not metrics or cfg.evaluation.sample_images:

@@ -22,6 +22,7 @@ from pipelines.ingest.augment import rng_for
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.examples import ConceptMaterial
 from pipelines.ingest.features import mine_hard_negatives
+from pipelines.ingest.holdout import held_out_digests, holdout_note
 from pipelines.ingest.quarantine import QuarantineRow, Reason, Source
 from pipelines.ingest.snapshot import ConceptSnapshot, Snapshot, SnapshotObject
 from pipelines.storage import read_bytes
@@ -232,21 +233,31 @@ def decide(
     def features(cands: list[Candidate]) -> np.ndarray:
         return np.stack([results[x.obj.path].feature for x in cands]) if cands else np.zeros((0, 1), np.float32)
 
-    digests = {c.id: c.digest for c in snapshot.concepts}
+    if snapshot.gate_holdout_every != cfg.gate_holdout_every:
+        raise ValueError(f"the snapshot was taken with gate_holdout_every={snapshot.gate_holdout_every}, the ingest config "
+                         f"says {cfg.gate_holdout_every}: their data digests would disagree")
+    data_digests = snapshot.digests()
     images_by_tenant: dict[str, list[Candidate]] = {}
     for concept_id, groups in sorted(accepted.items()):
         images_by_tenant.setdefault(concept_id.tenant, []).extend(groups[IMAGES_DIR])
+    # The gate's pictures (pipelines/ingest/holdout.py): no training example of their concept shows
+    # their bytes, and no concept gets them as negatives.
+    held = {concept_id: held_out_digests([sha(x) for x in groups[IMAGES_DIR]], cfg.gate_holdout_every)
+            for concept_id, groups in accepted.items()}
+    all_held = set().union(*held.values()) if held else set()
 
     materials = []
     for concept_id, groups in sorted(accepted.items()):
         description = selection.descriptions[concept_id]
-        positives = groups[IMAGES_DIR]
-        own_hashes = {sha(x) for x in positives}
+        own_hashes = {sha(x) for x in groups[IMAGES_DIR]}
+        positives = [x for x in groups[IMAGES_DIR] if sha(x) not in held[concept_id]]
+        held_out = [x for x in groups[IMAGES_DIR] if sha(x) in held[concept_id]]
         tenants = sorted(images_by_tenant) if cfg.negatives_from_other_tenants else [concept_id.tenant]
         others = [x for t in tenants for x in images_by_tenant[t] if x.concept_id != concept_id]
         # A negative with the same bytes as one of the concept's own images would teach "no" on a positive.
-        candidates = [x for x in pool_ok + others if sha(x) not in own_hashes]
-        notes = []
+        not_negative = own_hashes | all_held
+        candidates = [x for x in pool_ok + others if sha(x) not in not_negative]
+        notes = [holdout_note(len(groups[IMAGES_DIR]), len(held_out), cfg.gate_holdout_every)] if cfg.gate_holdout_every else []
         if len(candidates) > cfg.negative_candidates:  # bound the per-concept cost at scale
             rng = rng_for("candidates", cfg.seed, concept_id.key)
             picked = rng.choice(len(candidates), cfg.negative_candidates, replace=False)
@@ -256,21 +267,24 @@ def decide(
         mined = mine_hard_negatives(
             features(positives), features(candidates), [x.obj.path for x in candidates], cfg.hard_negatives_per_concept
         )
-        edit_ok = {x.rel: x.obj.path for x in groups[EDITS_DIR]}
+        edit_ok = {x.rel: x for x in groups[EDITS_DIR]}
+        edits: dict[bool, list[tuple[str, str, str]]] = {False: [], True: []}  # shows a held-out image -> triplets
+        for e in description.edits:
+            if e.source in edit_ok and e.target in edit_ok:
+                src, tgt = edit_ok[e.source], edit_ok[e.target]
+                edits[bool({sha(src), sha(tgt)} & held[concept_id])].append((src.obj.path, tgt.obj.path, e.instruction))
         materials.append(
             ConceptMaterial(
                 id=concept_id,
-                digest=digests[concept_id],
+                digest=data_digests[concept_id.key],
                 spec=description,
                 positives=[x.obj.path for x in positives],
-                hard_negatives=[x.obj.path for x in groups[NEGATIVES_DIR]] + mined,
+                hard_negatives=[x.obj.path for x in groups[NEGATIVES_DIR] if sha(x) not in all_held] + mined,
                 random_negatives=[x.obj.path for x in candidates],
-                edits=[
-                    (edit_ok[e.source], edit_ok[e.target], e.instruction)
-                    for e in description.edits
-                    if e.source in edit_ok and e.target in edit_ok
-                ],
+                edits=edits[False],
                 notes=notes,
+                held_out=[x.obj.path for x in held_out],
+                held_out_edits=edits[True],
             )
         )
     return materials, rows

@@ -63,6 +63,12 @@ class IngestConfig(BaseModel):
     epochs: int = Field(default=1, ge=1, description="Each epoch re-samples and re-augments.")
     samples_per_task: int = Field(default=8, ge=1, description="Per concept, per epoch, per task.")
     tasks: tuple[str, ...] = Field(default=ALL_TASKS, description="Task types to plan examples of (omnipersona.tasks).")
+    gate_holdout_every: int = Field(
+        default=5, ge=0, description="The gate's own pictures: of a concept's n images, ceil(n / this) (those with the "
+        "smallest SHA-256) are kept out of training (and of every concept's negatives) and only the gate's epoch shows "
+        "them, never leaving fewer than 3 for training (pipelines/ingest/holdout.py); 0 = off (the gate scores a "
+        "held-out ingest epoch). Changing it changes every concept's data digest, so a rerun retrains."
+    )
     hard_negative_fraction: float = Field(default=0.5, ge=0, le=1)
     hard_negatives_per_concept: int = Field(default=8, ge=1, description="Size of the mined hard set.")
     negative_candidates: int = Field(
@@ -88,6 +94,13 @@ class IngestConfig(BaseModel):
         if unplanned:
             raise ValueError(f"ingest cannot plan examples of task(s) {unplanned}; it plans: {', '.join(TASK_PLANNERS)}")
         return tasks
+
+    @field_validator("gate_holdout_every")
+    @classmethod
+    def _holdout_rule(cls, every: int) -> int:
+        if every == 1:
+            raise ValueError("gate_holdout_every=1 would hold out all but 3 images; use 0 (off) or N >= 2 (1 image in every N)")
+        return every
 
     @model_validator(mode="after")
     def _same_kind_of_storage(self) -> "IngestConfig":

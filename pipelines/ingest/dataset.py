@@ -52,6 +52,7 @@ class ConceptSummary(BaseModel):
     display_name: str
     class_word: str
     image_count: int  # valid, unique reference images
+    held_out_image_count: int = 0  # of those, kept out of training for the gate (pipelines.ingest.holdout)
     uploaded_image_count: int  # objects under images/ in the snapshot
     examples_per_epoch: dict[str, int]
     notes: list[str]
@@ -202,7 +203,8 @@ def build_ingest(
                 data_digest=m.digest,
                 display_name=m.spec.display_name,
                 class_word=m.spec.class_word,
-                image_count=len(m.positives),
+                image_count=len(m.positives) + len(m.held_out),
+                held_out_image_count=len(m.held_out),
                 uploaded_image_count=by_id[m.id].image_count,
                 examples_per_epoch=stats[m.concept_key]["examples_per_epoch"],
                 notes=stats[m.concept_key]["notes"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from omnipersona.concepts.upload_schema import PLACEHOLDER, ConceptDescription, 
 from omnipersona.identity import ConceptId
 from pipelines.ingest.augment import rng_for
 from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.holdout import gate_epoch
 
 S = PLACEHOLDER
 RECOGNITION_QUESTIONS = (f"Is {S} in this image?", f"Can you see {S} in this photo?", f"Does this picture show {S}?")
@@ -28,7 +29,10 @@ YES, NO = "Yes", "No"
 
 @dataclass
 class ConceptMaterial:
-    """Everything the planner needs about one accepted concept (paths are filesystem paths)."""
+    """Everything the planner needs about one accepted concept (paths are filesystem paths).
+
+    `positives` and `edits` are what training may use; `held_out` and `held_out_edits` only the
+    gate's epoch (`pipelines.ingest.holdout`)."""
 
     id: ConceptId
     digest: str
@@ -38,10 +42,19 @@ class ConceptMaterial:
     random_negatives: list[str] = field(default_factory=list)
     edits: list[tuple[str, str, str]] = field(default_factory=list)  # (source path, target path, instruction)
     notes: list[str] = field(default_factory=list)  # what `decide` had to cap (shown in the concept's summary)
+    held_out: list[str] = field(default_factory=list)  # images kept out of training for the gate
+    held_out_edits: list[tuple[str, str, str]] = field(default_factory=list)  # edits showing a held-out image
 
     @property
     def concept_key(self) -> str:
         return self.id.key
+
+    def for_gate(self) -> "ConceptMaterial":
+        """What the gate's epoch is planned from: the held-out images (and their edits), or, when
+        nothing is held out, the training images again (the concept's notes say so)."""
+        if not self.held_out:
+            return self
+        return replace(self, positives=list(self.held_out), edits=list(self.held_out_edits))
 
 
 def _article(word: str) -> str:
@@ -218,7 +231,8 @@ def cap_notes(material: ConceptMaterial, cfg: IngestConfig, rows_by_epoch: list[
 
 
 def plan_examples(materials: list[ConceptMaterial], cfg: IngestConfig) -> tuple[list[dict], dict[str, dict]]:
-    """All plan rows (epoch-major, then concept by concept) and per-concept counts and notes."""
+    """All plan rows (epoch-major, then concept by concept; the gate's epoch last) and per-concept
+    counts and notes (both of the training epochs)."""
     rows: list[dict] = []
     stats: dict[str, dict] = {}
     by_concept: dict[str, list[list[dict]]] = {}
@@ -234,4 +248,8 @@ def plan_examples(materials: list[ConceptMaterial], cfg: IngestConfig) -> tuple[
                 }
     for material in materials:
         stats[material.concept_key]["notes"] += cap_notes(material, cfg, by_concept[material.concept_key])
+    gate = gate_epoch(cfg)
+    if gate is not None:
+        for material in sorted(materials, key=lambda m: m.concept_key):
+            rows.extend(plan_concept_epoch(material.for_gate(), cfg, gate)[0])
     return rows, stats

@@ -5,6 +5,9 @@ hash) pairs of every object the layout recognises in the concept folder. On S3 t
 the ETag from the listing (no reads needed; note that the same bytes uploaded in a different number
 of multipart parts get a different ETag, hence a different digest). On local disks it is the sha256
 of the file content. Everything later reads exactly the snapshotted keys, never a fresh listing.
+A concept's *data* digest (`Snapshot.digests`: the job id, artifact paths, the registry's
+`data_digest` tag) is that digest with the gate's hold-out rule folded in (`pipelines.ingest.holdout`):
+the rule decides which images train.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from omnipersona.identity import ConceptId
 from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.holdout import data_digest
 from pipelines.ingest.layout import UploadKey, parse_pool_key, parse_upload_key
 from pipelines.ingest.quarantine import QuarantineRow
 from pipelines.storage import ObjectInfo, StorageConfig, filesystem_for, join, list_objects, read_bytes
@@ -64,6 +68,7 @@ class Snapshot(BaseModel):
     concepts: list[ConceptSnapshot]
     negatives: list[SnapshotObject] = Field(default_factory=list)
     negatives_digest: str | None = None
+    gate_holdout_every: int = 0  # the ingest rule the data digests include (IngestConfig.gate_holdout_every)
 
     def concept(self, concept_key: str) -> ConceptSnapshot:
         for c in self.concepts:
@@ -72,7 +77,8 @@ class Snapshot(BaseModel):
         raise KeyError(concept_key)
 
     def digests(self) -> dict[str, str]:
-        return {c.concept_key: c.digest for c in self.concepts}
+        """Each concept's data digest: its uploads' digest with the hold-out rule folded in."""
+        return {c.concept_key: data_digest(c.digest, self.gate_holdout_every) for c in self.concepts}
 
 
 def content_digest(pairs: list[tuple[str, str]]) -> str:
@@ -155,5 +161,6 @@ def take_snapshot(cfg: IngestConfig, storage: StorageConfig | None = None) -> tu
         concepts=concepts,
         negatives=negatives,
         negatives_digest=negatives_digest,
+        gate_holdout_every=cfg.gate_holdout_every,
     )
     return snapshot, rejected

@@ -203,7 +203,13 @@ def test_ingest_quarantines_exactly_the_bad_inputs_and_streams_examples(messy_bu
 
     rows = result.dataset.take_all()
     assert {r["concept_key"] for r in rows} == HEALTHY
-    assert len(rows) == sum(sum(c.examples_per_epoch.values()) for c in result.concepts)
+    # One training epoch, then the gate's (ingest.gate_holdout_every: maeve's 5 images hold 1 out, kiki's 3 none).
+    assert {r["epoch"] for r in rows} == {0, 1}
+    assert len([r for r in rows if r["epoch"] == 0]) == sum(sum(c.examples_per_epoch.values()) for c in result.concepts)
+    assert summaries["acme/maeve"].held_out_image_count == 1 and summaries["acme/kiki"].held_out_image_count == 0
+    maeve = [r for r in rows if r["concept_key"] == "acme/maeve" and r["task"] in ("vqa", "t2i")]
+    held = {r["image_path"] or r["target_path"] for r in maeve if r["epoch"] == 1}
+    assert len(held) == 1 and not held & {r["image_path"] or r["target_path"] for r in maeve if r["epoch"] == 0}
     bad_files = {"broken.png", "empty.png", "dup.png", "notes.txt", "huge.png"}
     for r in rows:
         concept = summaries[r["concept_key"]]
@@ -267,7 +273,7 @@ def test_unifybench_import_runs_through_the_same_pipeline_on_a_local_folder(ray_
     assert {(r.concept, r.reason.value) for r in result.quarantine.rows} == {("tab\tname", "unsafe_name")}
     assert [c.concept_key for c in result.concepts] == ["bench/bo", "bench/mam"]
     rows = result.dataset.take_all()
-    assert len(rows) == 2 * (6 + 3 + 3)
+    assert len(rows) == 2 * 2 * (6 + 3 + 3)  # a training epoch and the gate's (3 images: none held out)
     t2i = [r for r in rows if r["task"] == "t2i"]
     assert t2i and all(r["target_image"].shape == (48, 48, 3) for r in t2i)
     assert any(r["prompt"] == "Tell me something about <sks>." and r["answer"] == "<sks> is fluffy." for r in rows)

@@ -107,5 +107,5 @@ def test_without_any_negative_recognition_is_left_out_with_a_note():
 
 def test_plan_examples_is_epoch_major():
     rows, stats = plan_examples([material()], ingest_cfg(epochs=2, tasks=("text_qa", "t2i")))
-    assert [r["epoch"] for r in rows] == [0] * 12 + [1] * 12
+    assert [r["epoch"] for r in rows] == [0] * 12 + [1] * 12 + [2] * 12  # the gate's epoch last
     assert stats["acme/maeve"]["examples_per_epoch"] == {"text_qa": 6, "t2i": 6}
