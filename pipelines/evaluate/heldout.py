@@ -1,11 +1,13 @@
 """The job's promotion metrics for any uploaded concept, from its held-out examples.
 
 User uploads carry no eval set of their own (see `omnipersona.evaluation` for those), so the gate
-of a production job uses what every concept has: the ingest epoch that was held out of training
-(fresh augmentations and negative draws of the concept's data), each example scored by its task's
-held-out check (`omnipersona.tasks`: recognition as weighted accuracy over positives and
-negatives, answer accuracy of QA and VQA). Sample pictures (a generation and an edit) go to MLflow
-for people to look at.
+of a production job uses what every concept has: the gate's ingest epoch, planned from the images
+held out of the concept's training (`pipelines.ingest.holdout`: 1 in `ingest.gate_holdout_every`,
+at least 3 left for training; a concept with none to spare gets fresh augmentations of its training
+images, and its summary says so), each example scored by its task's held-out check
+(`omnipersona.tasks`: recognition as weighted accuracy over positives and negatives, answer
+accuracy of QA and VQA). Sample pictures (a generation and an edit) go to MLflow for people to
+look at.
 
 The concept is asked about by the name it is loaded under in the `Persona` (its display name): each
 check writes `<name>` where the example says `<sks>`, and the Persona binds `<name>` to the
