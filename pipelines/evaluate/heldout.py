@@ -17,6 +17,8 @@ without the concept's tokens would let the gate measure the wrong thing.
 """
 from __future__ import annotations
 
+from itertools import zip_longest
+
 from PIL import Image
 
 from omnipersona.concepts.samples import ConceptExample
@@ -32,11 +34,23 @@ def check_bound(persona: Persona, name: str) -> None:
                        "reach the concept's identifier")
 
 
+def by_answer_in_turn(examples: list[ConceptExample]) -> list[ConceptExample]:
+    """The examples with each task's answers taken in turn (the order within one answer kept): a
+    capped share then holds recognition's Yes and No alike, not whichever the pool sorted first (two
+    "No"s left a concept without recognition_accuracy, and the gate failed it as missing)."""
+    groups: dict[str, dict[str, list[ConceptExample]]] = {}
+    for ex in examples:
+        groups.setdefault(ex.task, {}).setdefault(ex.answer or "", []).append(ex)
+    return [ex for by_answer in groups.values() for turn in zip_longest(*by_answer.values())
+            for ex in turn if ex is not None]
+
+
 def heldout_metrics(persona: Persona, name: str, examples: list[ConceptExample], max_examples: int = 16) -> dict[str, float]:
-    """Each task's held-out metrics over at most its share of `max_examples` examples, in their order."""
+    """Each task's held-out metrics over at most its share of `max_examples` examples, in their
+    order with the answers taken in turn (`by_answer_in_turn`)."""
     check_bound(persona, name)
     scores: dict[str, list] = {}
-    for ex in examples:
+    for ex in by_answer_in_turn(examples):
         check = task_type(ex.task).heldout
         if check is None:
             continue

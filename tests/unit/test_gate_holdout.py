@@ -14,6 +14,7 @@ import pyarrow.dataset as pads
 import pytest
 from pydantic import ValidationError
 
+from omnipersona.concepts.samples import ConceptExample
 from omnipersona.concepts.upload_schema import ConceptDescription, UploadedEdit
 from omnipersona.world import make_concepts
 from omnipersona.world.uploads import UploadOptions, write_uploads
@@ -170,3 +171,19 @@ def test_the_rule_is_part_of_the_data_digest_so_changing_it_retrains(uploads):
     materials, _ = ingest_in_process(cfg)
     assert all(not m.held_out and not any("gate" in n for n in m.notes) for m in materials)
     assert max(r["epoch"] for r in plan_with_hashes(materials, cfg)) == cfg.epochs - 1
+
+
+def test_a_capped_gate_scores_positives_and_negatives_alike():
+    """The pool sorts recognition's "No"s first for some concepts; with `max_examples` 2 the gate
+    scored two negatives and had no recognition_accuracy (the job's gate failed the concept as
+    missing: tests/integration/test_job_e2e.py). Break-checked: without `by_answer_in_turn` this failed."""
+    examples = [ConceptExample(0, "recognition", "Is <sks> here?", answer, image=np.full((4, 4, 3), i, np.uint8))
+                for i, answer in enumerate(["No", "No", "Yes", "Yes"])]
+    asked = []
+
+    def understand(prompt, image=None, max_new_tokens=32):
+        asked.append(int(image[0, 0, 0]))
+        return SimpleNamespace(text="", yes_probability=0.9)
+
+    metrics = heldout_metrics(SimpleNamespace(understand=understand), "kai", examples, max_examples=2)
+    assert asked == [0, 2] and metrics["recognition_accuracy"] == 0.5  # one of each: "No" first, as sorted
