@@ -28,9 +28,10 @@ import mlflow
 import pandas as pd
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Run
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from packaging.version import Version
@@ -166,6 +167,7 @@ def find_logged_model(mlflow_: MlflowConnection, artifact: ConceptArtifact):
 class LoggedConcept:
     model_id: str
     run_id: str | None  # the registration run that logged it (the model's source run)
+    fresh: bool = False  # logged now, in a run of its own just made (not an earlier attempt's)
 
 
 def log_concept_model(
@@ -177,36 +179,42 @@ def log_concept_model(
     images: dict[str, Image.Image],
     data_uri: str | None,
     base_model_uri: str | None = None,
+    job_run: Run | None = None,
+    earlier_attempts: bool = True,
 ) -> LoggedConcept:
     """The LoggedModel of this artifact: reused when an earlier attempt finished logging it
-    (exported and logged, but never registered), else logged now in a new registration run under
-    the job run ``job_run_id``. ``base_model_uri`` (the job's ``model.uri``) is recorded in the
-    model config: the base `predict` loads unless its params name another."""
+    (exported and logged, but never registered; not looked for without ``earlier_attempts``: the
+    concept's registered model was created just now, and an attempt creates it before logging),
+    else logged now in a new registration run under the job run ``job_run_id`` (``job_run``: that
+    run as read once per job, else read here). ``base_model_uri`` (the job's ``model.uri``) is
+    recorded in the model config: the base `predict` loads unless its params name another."""
     m = artifact.manifest
     client = mlflow_.client
-    existing = mlflow_.call("find logged model", find_logged_model, mlflow_, artifact)
+    existing = mlflow_.call("find logged model", find_logged_model, mlflow_, artifact) if earlier_attempts else None
     if existing is not None:
         return LoggedConcept(existing.model_id, existing.source_run_id)
+    job_run = job_run or mlflow_.call("get run", client.get_run, job_run_id)
     if data_uri is None:
-        snapshot = mlflow_.call("get run", client.get_run, job_run_id).data.tags.get(names.RUN_TAG_SNAPSHOT_URI)
+        snapshot = job_run.data.tags.get(names.RUN_TAG_SNAPSHOT_URI)
         data_uri = f"{snapshot.rstrip('/')}/{m.id.key}" if snapshot else None
     dataset_name = f"concept-data-{uuid.uuid4().hex[:16]}"
-    experiment_id = mlflow_.call("get run", client.get_run, job_run_id).info.experiment_id
-    run_id = start_concept_run(mlflow_, experiment_id, job_run_id, artifact, data_uri, dataset_name)
+    experiment_id = job_run.info.experiment_id
+    run = start_concept_run(mlflow_, experiment_id, job_run_id, artifact, data_uri, dataset_name)
+    run_id = run.info.run_id
     try:
-        model_id = _log_model(mlflow_, experiment_id, run_id, local_dir, artifact, metrics, images, data_uri, dataset_name,
+        model_id = _log_model(mlflow_, experiment_id, run, local_dir, artifact, metrics, images, data_uri, dataset_name,
                               base_model_uri)
     except BaseException:
         mlflow_.call("end run", client.set_terminated, run_id, status="FAILED")
         raise
     mlflow_.call("end run", client.set_terminated, run_id, status="FINISHED")
-    return LoggedConcept(model_id, run_id)
+    return LoggedConcept(model_id, run_id, fresh=True)
 
 
 def start_concept_run(mlflow_: MlflowConnection, experiment_id: str, job_run_id: str, artifact: ConceptArtifact,
-                      data_uri: str | None, dataset_name: str) -> str:
+                      data_uri: str | None, dataset_name: str) -> Run:
     """A new registration run for this concept, nested under the job run (created once, even when
-    the create call is retried)."""
+    the create call is retried: its fresh token is searched for only after a failed create)."""
     m = artifact.manifest
     token = uuid.uuid4().hex
     tags = {
@@ -221,24 +229,26 @@ def start_concept_run(mlflow_: MlflowConnection, experiment_id: str, job_run_id:
         tags[names.RUN_TAG_DATA_URI] = data_uri
     client = mlflow_.client
 
-    def find() -> str | None:
+    def find() -> Run | None:
         runs = client.search_runs([experiment_id], filter_string=f"tags.`{names.RUN_TAG_CREATE_TOKEN}` = '{token}'",
                                   max_results=1)
-        return runs[0].info.run_id if runs else None
+        return runs[0] if runs else None
 
-    run_id, _ = mlflow_.create_once(
+    run, _ = mlflow_.create_once(
         find,
-        lambda: client.create_run(experiment_id, run_name=m.id.logged_model_name(), tags=tags).info.run_id,
+        lambda: client.create_run(experiment_id, run_name=m.id.logged_model_name(), tags=tags),
         f"registration run of {m.concept_id}",
+        look_first=False,  # a token made just now: nobody has created that run yet
     )
-    return run_id
+    return run
 
 
-def _log_model(mlflow_: MlflowConnection, experiment_id: str, run_id: str, local_dir: Path, artifact: ConceptArtifact,
+def _log_model(mlflow_: MlflowConnection, experiment_id: str, run: Run, local_dir: Path, artifact: ConceptArtifact,
                metrics: dict[str, float], images: dict[str, Image.Image], data_uri: str | None, dataset_name: str,
                base_model_uri: str | None) -> str:
     m = artifact.manifest
     client = mlflow_.client
+    run_id = run.info.run_id
     params = {
         "display_name": m.display_name,
         "class_word": m.class_word,
@@ -263,7 +273,7 @@ def _log_model(mlflow_: MlflowConnection, experiment_id: str, run_id: str, local
         mlflow_model = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
                              model_id=model.model_id)
         _save_package(package, local_dir, artifact, mlflow_model, base_model_uri)
-        mlflow_.call("upload model", client.log_model_artifacts, model.model_id, str(package))
+        mlflow_.call("upload model", upload_folder, mlflow_, model.artifact_location, package)
     mlflow_.call("link model", client.log_outputs, run_id, [LoggedModelOutput(model.model_id, step=0)])
 
     lineage = _log_lineage(mlflow_, run_id, artifact, data_uri, dataset_name)
@@ -275,11 +285,21 @@ def _log_model(mlflow_: MlflowConnection, experiment_id: str, run_id: str, local
     ]
     if model_metrics:
         mlflow_.call("log metrics", client.log_batch, run_id, metrics=model_metrics)
-    for image_name, image in sorted(images.items()):
-        safe = IMAGE_NAME_PATTERN.sub("_", image_name).strip("_") or "image"
-        mlflow_.call("log image", client.log_image, run_id, image, artifact_file=f"{PICTURES_DIR}/{safe}.png")
+    if images:
+        with tempfile.TemporaryDirectory(prefix="omnipersona-pictures-") as tmp:
+            for image_name, image in sorted(images.items()):
+                safe = IMAGE_NAME_PATTERN.sub("_", image_name).strip("_") or "image"
+                image.save(Path(tmp) / f"{safe}.png")
+            mlflow_.call("log pictures", upload_folder, mlflow_, run.info.artifact_uri, Path(tmp), PICTURES_DIR)
     mlflow_.call("finalize model", client.finalize_logged_model, model.model_id, LoggedModelStatus.READY)
     return model.model_id
+
+
+def upload_folder(mlflow_: MlflowConnection, artifact_uri: str, folder: Path, artifact_path: str | None = None) -> None:
+    """Upload a folder's files under ``artifact_uri`` (a run's or a logged model's artifact location,
+    as the create call answered it). `MlflowClient.log_artifacts` / `log_model_artifacts` would
+    read the run or the model again first to learn that location: a request per concept each."""
+    get_artifact_repository(artifact_uri, tracking_uri=mlflow_.tracking_uri).log_artifacts(str(folder), artifact_path)
 
 
 PICTURES_DIR = "pictures"  # a registration run's sample pictures

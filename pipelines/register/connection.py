@@ -22,10 +22,15 @@ BOUNDED_HTTP_RETRIES = {
 }
 
 
+# MLflow prints a "View run" line when a run ends, after reading the run again to word it: one
+# request per concept registration, for a line nobody reads in a job's log.
+QUIET_RUN_END = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
 def bound_http_retries() -> None:
-    """Set MLflow's HTTP retry and timeout variables to `BOUNDED_HTTP_RETRIES` where unset (MLflow
-    reads them at every request)."""
-    for name, value in BOUNDED_HTTP_RETRIES.items():
+    """Set MLflow's HTTP retry and timeout variables to `BOUNDED_HTTP_RETRIES`, and `QUIET_RUN_END`,
+    where unset (MLflow reads them at every request)."""
+    for name, value in {**BOUNDED_HTTP_RETRIES, **QUIET_RUN_END}.items():
         os.environ.setdefault(name, value)
 
 
@@ -55,8 +60,16 @@ class MlflowConnection:
         except requests.RequestException:
             return False
 
-    def create_once(self, find: Callable[[], T | None], create: Callable[[], T], what: str) -> tuple[T, bool]:
-        return create_once(find, create, self.retry, what)
+    def create_once(self, find: Callable[[], T | None], create: Callable[[], T], what: str,
+                    look_first: bool = True) -> tuple[T, bool]:
+        return create_once(find, create, self.retry, what, look_first)
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        """Point a registered model's alias at a version in one request: `MlflowClient.set_registered_model_alias`
+        first reads the registered model to refuse prompts (a second request); ours are never prompts."""
+        registry = getattr(self.client, "_get_registry_client", None)  # MLflow 3.17; else the public call
+        set_alias = registry().set_registered_model_alias if registry else self.client.set_registered_model_alias
+        self.call(f"set {alias}", set_alias, name, alias, str(version))
 
     @cached_property
     def experiment_id(self) -> str:

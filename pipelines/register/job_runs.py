@@ -111,16 +111,17 @@ class JobRuns:
         """The run that logged a LoggedModel (a concept's registration run)."""
         return self.mlflow.call("get logged model", self.mlflow.client.get_logged_model, model_id).source_run_id
 
-    def log_training_curves(self, run_id: str | None, history: dict[str, list]) -> int:
+    def log_training_curves(self, run_id: str | None, history: dict[str, list], fresh: bool = False) -> int:
         """A concept's per-step training losses (`Telemetry.history`: `step`, `loss`, one column per
         loss term) as step metrics `train_loss` and `train_loss_<term>` of `run_id`. Skipped when
         the run has them already (a registration retried with the logged model of an earlier
-        attempt). Returns how many values were logged."""
+        attempt); a ``fresh`` run (made by this registration) is not asked. Returns how many values
+        were logged."""
         steps = history.get("step") or []
         if run_id is None or not steps:
             return 0
         client = self.mlflow.client
-        if self.mlflow.call("get metric history", client.get_metric_history, run_id, CURVE_METRIC):
+        if not fresh and self.mlflow.call("get metric history", client.get_metric_history, run_id, CURVE_METRIC):
             return 0
         now_ms = int(time.time() * 1000)
         metrics = [

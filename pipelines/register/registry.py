@@ -54,6 +54,8 @@ class RegistrationResult:
     model_id: str | None
     promoted: bool
     gate: GateResult | None
+    run_id: str | None = None  # the registration run that logged the model (None: already registered)
+    fresh_run: bool = False  # that run was made by this call (it holds nothing else yet)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class ConceptRegistry:
         self.prefix = check_name(prefix, "registry prefix")
         self._locks_guard = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}
-        self._run_job_ids: dict[str, str | None] = {}  # job run -> its job id tag (read once per run)
+        self._job_runs: dict[str, Any] = {}  # job run id -> the run (read once per run)
 
     def model_name(self, concept: ConceptId) -> str:
         return concept.model_name(self.prefix)
@@ -195,29 +197,35 @@ class ConceptRegistry:
         with self._locks_guard:
             return self._name_locks.setdefault(name, threading.Lock())
 
-    def _job_id_of(self, run_id: str) -> str | None:
-        """The job id tag of the job run (fixed once the run exists: read once, not per concept)."""
+    def _job_run(self, run_id: str):
+        """The job run (its experiment and tags are fixed once it exists: read once, not per concept)."""
         with self._locks_guard:
-            if run_id in self._run_job_ids:
-                return self._run_job_ids[run_id]
-        job_id = self.mlflow.call("get run", self.client.get_run, run_id).data.tags.get(names.RUN_TAG_JOB_ID)
+            if run_id in self._job_runs:
+                return self._job_runs[run_id]
+        run = self.mlflow.call("get run", self.client.get_run, run_id)
         with self._locks_guard:
-            self._run_job_ids[run_id] = job_id
-        return job_id
+            self._job_runs[run_id] = run
+        return run
 
     def _register_staged(self, run_id: str, name: str, local_dir: Path, artifact: ConceptArtifact,
                          all_metrics: dict[str, float], images: dict[str, Image.Image] | None, gate: Gate | None,
                          data_uri: str | None, base_model_uri: str | None) -> RegistrationResult:
         m = artifact.manifest
-        existing = self.find_version(name, m.data_digest, m.training_config_hash, m.base_fingerprint)
+        # One search says both whether this artifact has a version and whether the model has any
+        # (then it exists, and `champion` may point at one of them).
+        versions = self.versions_of([name])[name]
+        existing = versions.matching(m.data_digest, m.training_config_hash, m.base_fingerprint)
         if existing is not None:
             log.info("%s v%s already holds data %s / config %s / base %s: skipped",
                      name, existing.version, m.data_digest, m.training_config_hash, m.base_fingerprint)
             return RegistrationResult("already_registered", name, existing.version, version_model_id(existing), False, None)
 
-        self._ensure_registered_model(name, m.id)
+        # A model without versions is new, or one an earlier attempt created (and maybe logged a
+        # model for): only a model created now cannot have an earlier attempt's logged model.
+        created = not versions.versions and self._ensure_registered_model(name, m.id)
+        job_run = self._job_run(run_id)
         logged = log_concept_model(self.mlflow, run_id, local_dir, artifact, all_metrics, images or {}, data_uri,
-                                   base_model_uri)
+                                   base_model_uri, job_run=job_run, earlier_attempts=not created)
         model_id = logged.model_id
         decision = gate.evaluate(all_metrics) if gate is not None else None
         version_tags = {
@@ -225,7 +233,7 @@ class ConceptRegistry:
             names.TAG_GATE: "not_evaluated" if decision is None else ("passed" if decision.passed else "failed"),
             names.TAG_GATE_REASONS: "; ".join(decision.reasons) if decision else "",
         }
-        run_job_id = self._job_id_of(run_id)
+        run_job_id = job_run.data.tags.get(names.RUN_TAG_JOB_ID)
         if run_job_id:
             version_tags[names.TAG_JOB_ID] = run_job_id
         version, _ = self.mlflow.create_once(
@@ -234,14 +242,17 @@ class ConceptRegistry:
                 name, source=f"models:/{model_id}", run_id=logged.run_id or run_id, tags=version_tags, model_id=model_id
             ),
             f"version of {name}",
+            look_first=False,  # looked above, under this model's lock
         )
-        self.mlflow.call("set candidate", self.client.set_registered_model_alias, name, names.CANDIDATE_ALIAS, version.version)
+        self.mlflow.set_alias(name, names.CANDIDATE_ALIAS, version.version)
         promoted = bool(decision and decision.passed)
         if promoted:
-            self.promote(name, version.version)
+            # A model without versions before this one has no champion to remember.
+            self._promote(name, version.version, self.champion_version(name) if versions.versions else None)
         elif decision is not None:
             log.info("%s v%s stays a candidate: %s", name, version.version, "; ".join(decision.reasons))
-        return RegistrationResult("registered", name, version.version, model_id, promoted, decision)
+        return RegistrationResult("registered", name, version.version, model_id, promoted, decision,
+                                  run_id=logged.run_id, fresh_run=logged.fresh)
 
     def register_many(
         self,
@@ -281,14 +292,19 @@ class ConceptRegistry:
                 pool.submit(i, lambda request=request: run(request))
         return outcomes  # type: ignore[return-value]
 
-    def _ensure_registered_model(self, name: str, concept: ConceptId) -> None:
+    def _ensure_registered_model(self, name: str, concept: ConceptId) -> bool:
+        """Create the concept's registered model; one that exists already is taken as found (the
+        create is the first request: a model without versions is most often new). Returns whether
+        this call created it."""
         def create():
             return self.client.create_registered_model(
                 name, tags={names.TAG_TENANT: concept.tenant, names.TAG_CONCEPT: concept.concept},
                 description=f"OmniPersona concept tokens of {concept.key}",
             )
 
-        self.mlflow.create_once(lambda: self._get_registered_model(name), create, f"registered model {name}")
+        _, created = self.mlflow.create_once(lambda: self._get_registered_model(name), create, f"registered model {name}",
+                                             look_first=False)
+        return created
 
     def _get_registered_model(self, name: str):
         try:
@@ -314,14 +330,15 @@ class ConceptRegistry:
 
     def promote(self, name: str, version: str | int) -> None:
         """Point ``champion`` at ``version``, remembering the champion it replaces."""
-        version = str(version)
-        current = self.champion_version(name)
+        self._promote(name, str(version), self.champion_version(name))
+
+    def _promote(self, name: str, version: str, current: str | None) -> None:
         if current == version:
             return
         if current is not None:
             self.mlflow.call("tag previous champion", self.client.set_model_version_tag,
                              name, version, names.TAG_PREVIOUS_CHAMPION, current)
-        self.mlflow.call("set champion", self.client.set_registered_model_alias, name, names.CHAMPION_ALIAS, version)
+        self.mlflow.set_alias(name, names.CHAMPION_ALIAS, version)
         log.info("%s: champion %s -> %s", name, current, version)
 
     def rollback(self, name: str) -> str:
@@ -333,7 +350,7 @@ class ConceptRegistry:
         if not previous:
             raise LookupError(f"{name} v{current.version} replaced no earlier champion: nothing to roll back to")
         self.mlflow.call("get version", self.client.get_model_version, name, previous)  # fails clearly if deleted
-        self.mlflow.call("set champion", self.client.set_registered_model_alias, name, names.CHAMPION_ALIAS, previous)
+        self.mlflow.set_alias(name, names.CHAMPION_ALIAS, previous)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.mlflow.call("tag rolled back", self.client.set_model_version_tag, name, current.version, names.TAG_ROLLED_BACK_AT, now)
         self.mlflow.call("tag rollback", self.client.set_registered_model_tag,

@@ -58,16 +58,19 @@ def already_exists(error: BaseException) -> bool:
 
 
 def create_once(
-    find: Callable[[], T | None], create: Callable[[], T], policy: RetryPolicy, what: str
+    find: Callable[[], T | None], create: Callable[[], T], policy: RetryPolicy, what: str, look_first: bool = True
 ) -> tuple[T, bool]:
     """Find-or-create that never duplicates. Returns (obj, created).
 
     Another process may create the same object between our look and our create (two runs starting
-    at once): the server then answers RESOURCE_ALREADY_EXISTS and we take theirs.
+    at once): the server then answers RESOURCE_ALREADY_EXISTS and we take theirs. Without
+    ``look_first`` (the caller has just looked, or the object cannot exist yet) the first request
+    is the create: ``find`` runs only after a failed attempt (a create the server may have applied).
     """
-    found = call_with_retries(find, policy, f"find {what}")
-    if found is not None:
-        return found, False
+    if look_first:
+        found = call_with_retries(find, policy, f"find {what}")
+        if found is not None:
+            return found, False
     for delay in [*policy.delays(), None]:
         try:
             return create(), True

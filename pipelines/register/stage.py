@@ -104,7 +104,8 @@ def register(ctx, c, evaluation) -> ConceptOutcome:
     if res.status == "registered" and res.model_id:
         # The concept's training curves, step by step, in its own registration run (a child of the job run).
         history = ConceptArtifact.load(path, filesystem=art_fs).manifest.extra.get("loss_history", {})
-        ctx.runs.log_training_curves(ctx.runs.source_run_of(res.model_id), history)
+        run_id = res.run_id or ctx.runs.source_run_of(res.model_id)
+        ctx.runs.log_training_curves(run_id, history, fresh=res.fresh_run)
     if res.status == "already_registered":
         return ConceptOutcome(concept_key=c.id.key, outcome="skipped", model_name=res.model_name, version=str(res.version),
                               why=SKIP_REASON)

@@ -146,7 +146,7 @@ def test_select_reads_the_registry_in_one_batched_lookup_and_decides_as_before(
 
     ctx = SimpleNamespace(
         cfg=SimpleNamespace(artifacts=SimpleNamespace(root=str(root)), storage=None), registry=registry,
-        recipe_hash="recipe-a", bundle=SimpleNamespace(fingerprint=FINGERPRINT),
+        recipe_hash="recipe-a", base=SimpleNamespace(fingerprint=FINGERPRINT),
         summary=JobSummary(job_id="job-sel", started_at=datetime.now(timezone.utc), snapshot_uri="s3://u", config_hash="recipe-a"),
     )
     ingest = SimpleNamespace(concepts=[
@@ -226,9 +226,9 @@ def test_a_registered_model_another_process_just_created_is_taken_as_found(regis
     other = ConceptRegistry(MlflowConnection(mlflow_server_postgres.tracking_uri), prefix=registry.prefix)
     other._ensure_registered_model(name, concept)  # the other job, between our look and our create
     looks, get = [], registry._get_registered_model
-    monkeypatch.setattr(registry, "_get_registered_model", lambda n: get(n) if looks.append(n) or len(looks) > 1 else None)
+    monkeypatch.setattr(registry, "_get_registered_model", lambda n: looks.append(n) or get(n))
     registry._ensure_registered_model(name, concept)  # RESOURCE_ALREADY_EXISTS is no failure
-    assert len(looks) == 2  # it did not see the model at first, then took the other's
+    assert len(looks) == 1  # it created first (no look before), was told the model exists and took the other's
     assert MlflowClient(mlflow_server_postgres.tracking_uri).get_registered_model(name).tags[names.TAG_TENANT] == concept.tenant
 
 
