@@ -5,8 +5,8 @@ uploads. Fresh augmentations of the training images would measure memory, not th
 (`ingest.gate_holdout_every` = k, default 5; 0 = off):
 
 - of a concept's n valid, unique images, ceil(n / k) are held out: those whose bytes have the
-  smallest SHA-256 (a choice fixed by the data alone, and stable when images are added: a new image
-  is held out only if its digest sorts first), but never so many that fewer than
+  smallest SHA-256 (a choice fixed by the data alone, and stable when images are added: they change
+  it only where their digests sort among the smallest, or where the count grows), but never so many that fewer than
   `MIN_TRAINING_IMAGES` (3) stay for training — a concept with 3 images or fewer holds none out;
 - held-out images (and edit triplets whose source or target has their bytes) appear in no training
   example of any concept: not as the concept's positives, VQA or text-to-image targets, edits, nor
