@@ -82,6 +82,10 @@ class EvaluationSettings(BaseModel):
     max_examples: int = Field(16, ge=1, description="Held-out examples per concept for the gate metrics")
     sample_images: bool = Field(True, description="Log a sample generation and edit per concept to MLflow")
     sampling_steps: int = Field(12, ge=2)
+    actors: int = Field(0, ge=0, description="Ray actors that evaluate concepts, each loading the base once (the driver "
+                        "then loads no weights); 0 = the driver evaluates, one concept at a time")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per evaluation actor (1 on a GPU cluster)")
     eval_sets_uri: str | None = Field(
         None,
         description="Held-out evaluation sets, one per concept under `<uri>/<tenant>/<concept>/`, read by `eval_set_reader`. "

@@ -131,7 +131,7 @@ def _fingerprint_on_a_worker(uri: str, storage: StorageConfig) -> str:
         fs, path = filesystem_for(uri, storage) if "://" in uri else (None, uri)
         return fingerprint_checkpoint(path, filesystem=fs)
 
-    log.info("fingerprinting the base's weights on a worker (once per base: recorded in %s)", FINGERPRINT_FILE)
+    log.debug("fingerprinting the base's weights on a worker (once per base: recorded in %s)", FINGERPRINT_FILE)
     return ray.get(fingerprint.remote(uri, storage))
 
 

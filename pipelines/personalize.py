@@ -377,13 +377,13 @@ def train(ctx: JobContext, concepts: list[TrainConcept], planned: list[TrainConc
 
 
 def evaluate_and_register(ctx: JobContext, selection: JobPlan) -> None:
-    """Evaluation here, one concept at a time; each concept's registration on a bounded thread pool
-    as soon as its evaluation ends (`pipelines.register.stage`); one failure never stops the others."""
-    from pipelines.evaluate.benchmark import load_judge
+    """Evaluation in this process, one concept at a time, or on `evaluation.actors` Ray actors (then
+    this process loads no weights); each concept's registration on a bounded thread pool as soon as
+    its evaluation ends (`pipelines.register.stage`); one failure never stops the others."""
+    from pipelines.evaluate.actors import evaluations
 
-    # The judge of generated pictures (`evaluation.judge`), loaded once per job when the config names one.
-    judge = load_judge(ctx.cfg.evaluation, ctx.cfg.ingest.vit_size, log=log.info) if selection.to_register else None
-    register_stage.evaluate_and_register(ctx, selection.to_register, selection.why, lambda c: evaluate(ctx, c, judge))
+    register_stage.evaluate_and_register(ctx, selection.to_register, selection.why,
+                                         evaluations(ctx, selection.to_register, evaluate))
 
 
 @dataclass

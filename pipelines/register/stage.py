@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Iterable, Mapping
 
 from omnipersona.concepts.artifact import ConceptArtifact
 from omnipersona.identity import ConceptId
@@ -29,10 +29,12 @@ SKIP_REASON = "already registered: same data, recipe and base"
 _down_guard = threading.Lock()  # registration threads and the main thread may find MLflow down at once
 
 
-def evaluate_and_register(ctx, concepts: list, why: Mapping[ConceptId, str], evaluate: Callable[[Any], Any]) -> None:
-    """``evaluate(concept)`` (metrics and pictures) in this thread, one concept at a time (sorted),
-    each concept's registration on the pool as soon as its evaluation ends; returns once every
-    concept has its outcome in ``ctx.summary``. One failure never stops the others."""
+def evaluate_and_register(ctx, concepts: list, why: Mapping[ConceptId, str], evaluations: Iterable[tuple[Any, Any]]) -> None:
+    """``evaluations`` yields each concept with its evaluation (metrics and pictures), the exception
+    its evaluation raised, or None (not evaluated: MLflow went down), in the order they finish
+    (`pipelines.evaluate.actors.evaluations`: in this process or on Ray actors); each concept's
+    registration goes to the pool as soon as its evaluation arrives. Returns once every concept has
+    its outcome in ``ctx.summary``. One failure never stops the others."""
     total, finished = len(concepts), [0]
 
     def record(c, outcome: ConceptOutcome) -> None:  # in this thread: the summary and the progress line
@@ -46,15 +48,13 @@ def evaluate_and_register(ctx, concepts: list, why: Mapping[ConceptId, str], eva
     # At most `threads` registering and as many waiting: the driver holds few evaluations' pictures.
     threads = ctx.cfg.mlflow.registration_threads
     with RegistrationPool(ctx.registry.mlflow, threads, on_done=record, backlog=threads) as pool:
-        for c in sorted(concepts, key=lambda c: c.id):
+        for c, evaluation in evaluations:
             pool.collect()  # the registrations that finished meanwhile, in the order they did
-            if ctx.mlflow_down:  # found unreachable: the rest wait for the next run (no minutes of retries each)
-                record(c, pending_registration(c, ctx.mlflow_down))
+            if ctx.mlflow_down or evaluation is None:  # the rest wait for the next run (no minutes of retries each)
+                record(c, pending_registration(c, ctx.mlflow_down or "MLflow unreachable"))
                 continue
-            try:
-                evaluation = evaluate(c)
-            except Exception as exc:  # noqa: BLE001 - reported per concept, the batch goes on
-                record(c, concept_failed(ctx, c, exc))
+            if isinstance(evaluation, Exception):  # reported per concept, the batch goes on
+                record(c, concept_failed(ctx, c, evaluation))
                 continue
             pool.submit(c, lambda c=c, evaluation=evaluation: register_and_release(ctx, c, evaluation))
 

@@ -83,7 +83,7 @@ def job(registry, tmp_path, threads: int):
     ctx = SimpleNamespace(
         cfg=SimpleNamespace(
             mlflow=SimpleNamespace(registration_threads=threads, tracking_uri=registry.mlflow.tracking_uri),
-            evaluation=SimpleNamespace(eval_sets_uri=None, judge=None), ingest=SimpleNamespace(vit_size=64),
+            evaluation=SimpleNamespace(eval_sets_uri=None, judge=None, enabled=True, actors=0), ingest=SimpleNamespace(vit_size=64),
             storage=None, gate=GATE, model=SimpleNamespace(uri="hf://bagel-tiny")),
         paths=SimpleNamespace(artifact=lambda cid, digest, recipe, fp: str(root / artifact_subpath(cid, digest, recipe, fp)),
                               uploads=lambda cid: f"s3://uploads/{cid.key}"),

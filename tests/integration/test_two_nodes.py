@@ -4,7 +4,8 @@ on different nodes; the job comes by `ray job submit`, and every byte goes throu
 the MLflow server (its artifacts on S3): uploads, the base model, examples, Ray Train's checkpoints
 and run log, artifacts, summaries. Nothing depends on the driver's local disk.
 
-Evaluation is off here: with it on, the driver still evaluates (and loads the base) itself.
+Evaluation runs on two Ray evaluation actors (`evaluation.actors`), each loading the base once: the
+driver's summary says it never loaded the base's weights, and every concept has its metrics.
 Break-checked: with `train.scaling.resources_per_worker` not passed to Ray Train, both workers ran on
 one node and the node assertion failed."""
 from __future__ import annotations
@@ -57,7 +58,7 @@ def two_nodes(s3_server):
         stop_ray(head.temp_dir)
 
 
-def test_a_job_trains_on_both_nodes_through_s3_and_the_driver_never_loads_the_base(
+def test_a_job_trains_on_both_nodes_evaluates_on_actors_through_s3_and_the_driver_never_loads_the_base(
         two_nodes, s3_server, mlflow_server_s3, tiny_bagel_dir, tmp_path):
     prefix = "two-nodes"
     concepts = make_concepts(3, seed=53)
@@ -77,7 +78,7 @@ def test_a_job_trains_on_both_nodes_through_s3_and_the_driver_never_loads_the_ba
         "artifacts": {"root": s3_server.uri(f"{prefix}/concepts"), "work": s3_server.uri(f"{prefix}/work"),
                       "runs": s3_server.uri(f"{prefix}/runs")},
         "mlflow": {"tracking_uri": mlflow_server_s3.tracking_uri, "experiment": prefix, "registry_prefix": prefix},
-        "evaluation": {"enabled": False},
+        "evaluation": {"actors": 2, "max_examples": 1, "sample_images": True, "sampling_steps": 2},
         "hard_negative_features": "colour_histogram",
     }
     job_yaml = tmp_path / "job.yaml"
@@ -93,6 +94,8 @@ def test_a_job_trains_on_both_nodes_through_s3_and_the_driver_never_loads_the_ba
     (summary,) = [json.loads(read_bytes(fs, f.path)) for f in list_files(fs, work) if f.path.endswith("/summary.json")]
     assert sorted(c["outcome"] for c in summary["concepts"]) == ["done"] * 3, summary["concepts"]
     assert summary["driver"]["base_weights_loaded"] is False, summary["driver"]
+    assert all(c["metrics"] for c in summary["concepts"]), "evaluated (on the actors)"
+    assert "[4/5] evaluate: 2 evaluation actors" in done.stdout, done.stdout[-3000:]
 
     # Ray Train's run folder is on S3 too: its run log says where each worker ran.
     fs, runs = filesystem_for(s3_server.uri(f"{prefix}/runs"), storage)
