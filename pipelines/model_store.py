@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import SecretStr
 
+from omnipersona.model.release_files import FINGERPRINT_FILE  # next to the weights: their fingerprint, and the file's size and time
 from pipelines.storage import StorageConfig, filesystem_for, join, read_bytes
 
 log = logging.getLogger(__name__)
-# Next to the weights: their fingerprint, and the size and time of the file it was computed from.
-FINGERPRINT_FILE = "omnipersona_fingerprint.json"
 
 
 def world_base_folder() -> Path:

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 LLM_CONFIG, VIT_CONFIG, BAGEL_CONFIG = "llm_config.json", "vit_config.json", "bagel_config.json"
 EMA, AE = "ema.safetensors", "ae.safetensors"
 REQUIRED_FILES = (LLM_CONFIG, VIT_CONFIG, EMA, AE)
+# Not part of a release: the job records the weights' fingerprint next to them (once per base, so
+# the driver never loads the weights to know it); readers of a release folder ignore it.
+FINGERPRINT_FILE = "omnipersona_fingerprint.json"
 # Any one of these makes the tokenizer loadable (prompts need it; the weights alone do not).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 

@@ -19,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..model.release_files import FINGERPRINT_FILE
 from ..model.shipped_bases import WORLD_BASE
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
@@ -54,8 +55,10 @@ def _sha256(path: Path) -> str:
 
 
 def file_table(root: Path = SHIPPED_ROOT) -> dict[str, tuple[str, int]]:
-    """Every shipped file under `root` (but the sums file): relative path -> (sha256, bytes)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != SUMS_FILE and not p.name.startswith("."))
+    """Every shipped file under `root` (but the sums file and the job's fingerprint records):
+    relative path -> (sha256, bytes)."""
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.name not in (SUMS_FILE, FINGERPRINT_FILE) and not p.name.startswith("."))
     return {p.relative_to(root).as_posix(): (_sha256(p), p.stat().st_size) for p in files}
 
 
