@@ -1,5 +1,6 @@
 """The log of a real run on a local Ray (`omnipersona demo --log-format json`, as small as it goes:
-one concept, three steps): what a log pipeline, and so a person, reads. A local Ray without a
+one concept on the shipped world base, three steps): what a log pipeline, and so a person, reads; and
+what the demo shows a newcomer, the concept's before/after contact sheet and the summary line. A local Ray without a
 dashboard is where Ray Train's placement group cleaner warns every second, Ray Data prints progress
 blocks, MLflow warns and draws download bars; none of it reaches the log unless asked for with
 --log-level debug. (The `ray job submit` path, in text, is checked in test_job_e2e.py.)"""
@@ -13,12 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from omnipersona.infer.contact_sheet import sheet_size
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_demo_log_is_for_people(tmp_path):
+def test_the_demo_log_is_for_people_and_shows_each_concept_before_and_after(tmp_path):
+    """Break-checked once by hand (2026-11-30): with the demo's contact sheets switched off
+    (`_before_and_after` not called) the sheet and summary assertions fail; with the sheet not logged
+    to MLflow the artifact assertions fail."""
     env = os.environ.copy()
     # The defaults an operator has: no test-session switches that would hide the noise for us.
     for name in ("RAY_DATA_DISABLE_PROGRESS_BARS", "RAY_AUTH_MODE", "RAY_ADDRESS"):
@@ -47,3 +54,18 @@ def test_the_demo_log_is_for_people(tmp_path):
                   "pickle", "can be interpreted in multiple ways", "Warning", "Downloading artifacts", "logging_progress",
                   "Running Dataset", "Started a local Ray instance", "Token authentication", "View run"):
         assert noise not in text, (noise, text)
+
+    # The concept's contact sheet: a PNG of the announced layout, in outputs/ and on its MLflow model.
+    sheets = sorted((tmp_path / "demo" / "outputs").glob("*.png"))
+    assert [p.name for p in sheets] == ["acme_mabel.png"], sheets
+    with Image.open(sheets[0]) as sheet:
+        assert sheet.format == "PNG" and sheet.size == sheet_size(), sheet.size
+    assert re.search(r"\[demo\] acme/mabel: held-out p\(yes\) [\d.]+ -> [\d.]+, look-alikes [\d.]+ -> [\d.]+", text), text
+    assert re.search(r"\[demo\] trained beats untrained on held-out recognition for [01] of 1 concepts", text), text
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'demo' / 'mlflow' / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("omnipersona.acme.mabel", "champion")
+    assert [a.path for a in client.list_artifacts(version.run_id, "contact_sheet")] == ["contact_sheet/acme_mabel.png"]
+    logged_model = version.source.removeprefix("models:/")  # the version's logged model, models:/m-...
+    assert "acme_mabel.png" in [a.path for a in client.list_logged_model_artifacts(logged_model)]
