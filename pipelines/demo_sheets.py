@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from omnipersona.concepts.bank import ConceptBank
 from omnipersona.evaluation.eval_set import EvalOptions
 from omnipersona.identity import ConceptId
@@ -23,6 +25,7 @@ from omnipersona.training import init_pack_concepts
 from omnipersona.world.eval_sets import eval_set_from_manifest
 from omnipersona.world.uploads import read_concept_upload
 from pipelines.config import JobConfig
+from pipelines.ingest.holdout import gate_epochs
 from pipelines.paths import JobPaths
 from pipelines.storage import filesystem_for
 from pipelines.train.example_store import read_pools
@@ -45,22 +48,13 @@ class ConceptSheet:
         return self.after.held_out_mean > self.before.held_out_mean
 
 
-def _training_held_out_epochs(cfg: JobConfig) -> list[int]:
-    """The ingest epochs the job's training left out (as `pipelines.personalize` computes them)."""
-    try:
-        from pipelines.ingest.holdout import gate_epochs
-    except ImportError:  # before the gate's own held-out pictures: the last epoch when there are several
-        return [cfg.ingest.epochs - 1] if cfg.ingest.epochs > 1 else []
-    return gate_epochs(cfg.ingest)
-
-
 def untrained_persona(cfg: JobConfig, job_id: str, concept: ConceptId, class_word: str, bundle, name: str,
                       sampling: FlowSampling) -> Persona:
     """The concept's tokens as the job's training started them: its training pool from the job's
     examples, `init_pack_concepts` with the job's recipe (seeded by the concept's key)."""
     recipe, llm = cfg.train.recipe, bundle.config.llm
     fs, path = filesystem_for(JobPaths.of(cfg, job_id).examples, cfg.storage)
-    pools = read_pools(fs, path, [concept.key], exclude_epochs=_training_held_out_epochs(cfg))
+    pools = read_pools(fs, path, [concept.key], exclude_epochs=gate_epochs(cfg.ingest))  # as the job's training
     bank = ConceptBank(1, llm.hidden_size, llm.vocab_size, recipe.num_und_tokens, recipe.num_gen_tokens, mode=recipe.mode)
     init_pack_concepts(bank, bundle, pools, [class_word], recipe)
     return Persona(bundle, bank.to(bundle.model.llm2vae.weight), [name], image_size=cfg.ingest.vit_size, sampling=sampling)
@@ -86,8 +80,6 @@ def concept_sheet(cfg: JobConfig, job_id: str, root: Path, concept_key: str, eva
                                                           vqa_per_view=0, generations=0, edits=3, image_size=size))
     probe = SheetProbe.from_eval_set(eval_set)
     rows = [run_row(label, persona, probe) for label, persona in (("BEFORE", before_persona), ("AFTER", after_persona))]
-    from PIL import Image
-
     uploads = [Image.open(p).convert("RGB") for p in sorted((upload / "images").glob("*.png"))]
     out = root / "outputs" / f"{concept.tenant}_{concept.concept}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
