@@ -33,6 +33,7 @@ from pipelines.train.example_store import read_pools
 log = logging.getLogger("omnipersona.demo")
 SAMPLING_STEPS = 20  # the sheets' pictures: more than the gate's quick samples, still a second on 2 cores
 SHEET_ARTIFACTS = "contact_sheet"
+BEATS_BY = 0.02
 
 
 @dataclass
@@ -44,8 +45,9 @@ class ConceptSheet:
 
     @property
     def trained_beats_untrained(self) -> bool:
-        """Held-out recognition: the champion's mean p(yes) on the held-out pictures above the untrained tokens'."""
-        return self.after.held_out_mean > self.before.held_out_mean
+        """Held-out recognition: the champion's mean p(yes) on the held-out pictures above the untrained
+        tokens' by more than `BEATS_BY` (a rounding-size difference is no win)."""
+        return self.after.held_out_mean - self.before.held_out_mean > BEATS_BY
 
 
 def untrained_persona(cfg: JobConfig, job_id: str, concept: ConceptId, class_word: str, bundle, name: str,
@@ -101,5 +103,6 @@ def summary_lines(sheets: list[ConceptSheet]) -> list[str]:
              f"look-alikes {s.before.look_alike_mean:.2f} -> {s.after.look_alike_mean:.2f} (untrained -> trained)   {s.path}"
              for s in sheets]
     wins = sum(s.trained_beats_untrained for s in sheets)
-    lines.append(f"trained beats untrained on held-out recognition for {wins} of {len(sheets)} concepts")
+    lines.append(f"trained beats untrained on held-out recognition for {wins} of {len(sheets)} concepts "
+                 f"(mean p(yes) up by more than {BEATS_BY})")
     return lines

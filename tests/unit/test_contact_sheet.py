@@ -18,6 +18,7 @@ from omnipersona.infer.contact_sheet import (
     SHOWN,
     TITLE_H,
     SheetProbe,
+    SheetRow,
     compose_sheet,
     run_row,
     sheet_size,
@@ -103,3 +104,17 @@ def test_the_sheet_has_the_layout_it_announces():
     assert frame(1, 0) == BAD and frame(1, 2) == GOOD  # BEFORE: 0.4 on a held-out view is wrong, on a look-alike right
     assert frame(2, 0) == GOOD and frame(2, 2) == GOOD
     assert sheet.getpixel((left + 6 * CELL_W + IMAGE // 4, TITLE_H + 2 * CELL_H + PAD + IMAGE // 2)) == (2, 2, 2)  # edit source
+
+
+def test_the_demo_summary_counts_a_win_only_above_rounding():
+    """pipelines/demo_sheets.py's printed summary. Break-checked once by hand (2026-11-30): with
+    BEATS_BY = 0 the 0.370 -> 0.372 concept counts as a win and the last assertion fails."""
+    from pathlib import Path
+
+    from pipelines.demo_sheets import ConceptSheet, summary_lines
+
+    before = SheetRow("BEFORE", [], [0.37, 0.37], [0.36])
+    same, better = SheetRow("AFTER", [], [0.372, 0.372], [0.37]), SheetRow("AFTER", [], [0.5, 0.7], [0.3])
+    lines = summary_lines([ConceptSheet("acme/kai", Path("kai.png"), before, same), ConceptSheet("acme/sol", Path("sol.png"), before, better)])
+    assert lines[1].startswith("acme/sol: held-out p(yes) 0.37 -> 0.60, look-alikes 0.36 -> 0.30 (untrained -> trained)")
+    assert lines[-1].startswith("trained beats untrained on held-out recognition for 1 of 2 concepts")
