@@ -1,7 +1,8 @@
-"""The job's evaluate and register stages, overlapped: the driver's main thread evaluates one
-concept at a time and hands each concept's registration, as soon as its evaluation ends, to a
-`RegistrationPool` (`mlflow.registration_threads` at once; a ``sqlite:`` tracking URI one at a
-time), so registrations overlap the next evaluations and each other.
+"""The job's evaluate and register stages, overlapped: the driver's main thread takes each
+concept's evaluation as it ends (evaluated there one concept at a time, or on Ray actors:
+`pipelines.evaluate.actors`) and hands the concept's registration to a `RegistrationPool`
+(`mlflow.registration_threads` at once; a ``sqlite:`` tracking URI one at a time), so
+registrations overlap the next evaluations and each other.
 
 What each concept comes to (`ConceptOutcome`, added to the summary in the main thread as its
 registration finishes): done (a registered version; `champion` moved if the gate passed), skipped
