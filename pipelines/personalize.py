@@ -12,6 +12,7 @@ at a time, one job per concept artifact (docs/faults.md, "Service faults").
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from omnipersona.concepts.artifact import ConceptArtifact, config_hash
+from omnipersona.concepts.artifact import ConceptArtifact, artifact_subpath
 from omnipersona.identity import ConceptId
 from pipelines.config import JobConfig
 from pipelines.ingest.dataset import IngestResult, build_ingest
@@ -207,7 +208,7 @@ def open_job(cfg: JobConfig) -> tuple[JobContext, IngestResult]:
     started = datetime.now(timezone.utc)
     model_uri = resolve_model_uri(cfg.model.uri, cfg.model.tiny_cache)
     base = describe_base(model_uri, cfg.storage)
-    recipe_hash = config_hash(cfg.train.recipe)
+    recipe_hash = cfg.train.result_hash()  # the recipe (and warm start when on): part of every concept's identity
     taken = take_snapshot(cfg.ingest, cfg.storage)
     digests = taken[0].digests()
     snapshot_digest = hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(digests.items())).encode()).hexdigest()[:16]
@@ -281,11 +282,23 @@ def select(ctx: JobContext, ingest: IngestResult) -> JobPlan:
             selection.to_register.append(concept)  # exported by an earlier run that could not register it
             selection.why[concept.id] += "; trained by an earlier run, registered now"
         else:
-            selection.to_train.append(concept)
+            selection.to_train.append(warm_started(ctx, concept, registered[name].latest(), selection.why))
     counts = ctx.summary.counts()
     log.info("[2/5] select: %d to train, %d exported but unregistered, %d skipped, %d quarantined",
              len(selection.to_train), len(selection.to_register), counts["skipped"], counts["quarantined"])
     return selection
+
+
+def warm_started(ctx: JobContext, concept: TrainConcept, latest, why: dict) -> TrainConcept:
+    """With `train.warm_start`, a concept with a registered version on this base starts from that
+    version's tokens (its artifact); the summary's why says which version."""
+    if not ctx.cfg.train.warm_start or latest is None or latest.tags.get(names.TAG_BASE_FINGERPRINT) != concept.base_fingerprint:
+        return concept
+    tags = latest.tags
+    source = artifact_subpath(concept.id, tags.get(names.TAG_DATA_DIGEST, ""), tags.get(names.TAG_CONFIG_HASH, ""),
+                              concept.base_fingerprint)
+    why[concept.id] += f"; starts from v{latest.version}'s tokens (warm start)"
+    return dataclasses.replace(concept, warm_start=source)
 
 
 def why_train(latest, concept: TrainConcept) -> str:

@@ -53,6 +53,15 @@ class ScalingSettings(BaseModel):
 class TrainStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    def result_hash(self) -> str:
+        """What a trained concept's identity takes from the train settings (its artifact path, its
+        registry tag): the recipe, and warm start when on (warm and fresh results differ)."""
+        from omnipersona.concepts.artifact import config_hash
+
+        if not self.warm_start:
+            return config_hash(self.recipe)
+        return config_hash({"recipe": self.recipe.model_dump(mode="json"), "warm_start": True})
+
     recipe: TrainConfig = Field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
@@ -63,6 +72,8 @@ class TrainStageConfig(BaseModel):
     pack_tokens_per_worker: int | None = Field(
         None, ge=1, description="Tokens each worker processes per step (its share of the pack's examples); the pack "
         "grows with the number of workers so this share does not shrink; None = memory budget only")
+    warm_start: bool = Field(False, description="A concept with a registered version (new images, say) starts "
+                             "from that version's tokens instead of a fresh initialisation")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
     progress_interval_s: float = Field(10.0, ge=2, description="Seconds between progress reports of steps "
                                        "(lines in the job log); a pack's first step and its checkpoints are always reported")

@@ -46,6 +46,7 @@ from pipelines.train.runner import (
     export_artifact,
     fill_partitioned_param,
     tensors_checksum,
+    warm_start_tokens,
     zero3_partitioning,
 )
 
@@ -66,6 +67,7 @@ class WorkerSpec(BaseModel):
     train_keys: list[str] | None = None  # concepts to train; the packs' other concepts are skipped (None: all)
     pack_size: int
     recipe: TrainConfig
+    result_hash: str | None = None  # the trained concepts' config hash (TrainStageConfig.result_hash); None: the recipe's
     deepspeed: DeepSpeedConfig
     checkpoint_every: int = 50
     progress_interval_s: float = 10.0  # seconds between progress reports of steps (`train_steps`)
@@ -256,7 +258,9 @@ def run_pack(worker: Worker, plan: PackPlan) -> None:
     # Optimizer state and schedule for step `start`; the frozen VAE runs here, once per image.
     trainer.start_pack(pools, plan.start)
     if plan.start == 0:
-        worker.runner.reset_concepts(plan.concepts, pools)
+        art_fs, art_root = filesystem_for(spec.artifact_root, spec.storage)
+        warm = warm_start_tokens(art_fs, art_root, plan.concepts, worker.runner.bank)
+        worker.runner.reset_concepts(plan.concepts, pools, warm)
         for tel, value in zip(plan.telemetry, trainer.first_batch_losses(pools)):
             tel.first_batch_before = value
     loss = train_steps(worker, plan, pools)
@@ -322,7 +326,7 @@ def export_pack(worker: Worker, plan: PackPlan) -> None:
     tensors = worker.runner.concept_tensors(list(range(len(plan.concepts))))  # collective: all ranks
     if worker.rank == 0:
         spec, bundle = worker.spec, worker.bundle
-        recipe_hash = config_hash(spec.recipe)
+        recipe_hash = spec.result_hash or config_hash(spec.recipe)
         for slot, c in enumerate(plan.concepts):
             if not plan.export[slot]:
                 continue

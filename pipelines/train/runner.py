@@ -41,6 +41,9 @@ class TrainConcept:
     data_digest: str
     recipe_hash: str
     base_fingerprint: str
+    # `train.warm_start`: the artifact (subpath below the artifact root) of the concept's newest
+    # registered version, whose tokens this training starts from instead of a fresh initialisation.
+    warm_start: str | None = None
 
     @property
     def subpath(self) -> str:
@@ -101,8 +104,10 @@ class PackRunner:
         self.trainer = PackTrainer(engine, self.builder, recipe, rank, world, reduce=_all_reduce_sum)
 
     @torch.no_grad()
-    def reset_concepts(self, concepts: list[TrainConcept], pools: list[ConceptPool]) -> None:
-        """Fresh concept values (seeded per concept) for a new pack; `trainer.start_pack` resets the
+    def reset_concepts(self, concepts: list[TrainConcept], pools: list[ConceptPool],
+                       warm_tokens: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+        """Fresh concept values (seeded per concept) for a new pack, or for the slots in
+        `warm_tokens` the tokens of an earlier version (warm start); `trainer.start_pack` resets the
         optimizer state and the schedule."""
         fresh = ConceptBank(self.bank.num_concepts, self.bank.hidden_size, self.bank.vocab_size,
                             self.recipe.num_und_tokens, self.recipe.num_gen_tokens, mode=self.recipe.mode)
@@ -115,6 +120,8 @@ class PackRunner:
             gathered = deepspeed.zero.GatheredParameters([lm.model.embed_tokens.weight, lm.lm_head.weight])
         with gathered:
             init_pack_concepts(fresh, self.bundle, pools, [c.class_word for c in concepts], self.recipe, cache=self.builder.cache)
+        for slot, tensors in (warm_tokens or {}).items():
+            fresh.load_concept(slot, tensors)
         for name, param in self.bank.named_parameters():
             value = getattr(fresh, name).to(device=param.device, dtype=param.dtype)
             with self._whole(param, modify=True):
@@ -218,6 +225,7 @@ def export_artifact(fs, artifact_root: str, concept: TrainConcept, tensors: dict
             "loss_curve": {k: [round(x, 5) for x in v] for k, v in telemetry.curve.items()},
             "loss_history": {k: [v if v is None or k == "step" else round(v, 6) for v in column]
                              for k, column in telemetry.history.items()},
+            **({"warm_start_from": concept.warm_start} if concept.warm_start else {}),
         },
     )
     art = ConceptArtifact(**tensors, manifest=manifest, mode=mode)
@@ -231,6 +239,29 @@ def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def warm_start_tokens(fs, artifact_root: str, concepts: list[TrainConcept], bank) -> dict[int, dict[str, torch.Tensor]]:
+    """Slot -> the tokens of the artifact each warm-started concept starts from. An artifact whose
+    token counts or mode differ from this bank's is not used (that concept starts fresh; logged)."""
+    from omnipersona.concepts.artifact import TENSOR_NAMES, ArtifactError, ConceptArtifact
+
+    tokens = {}
+    for slot, concept in enumerate(concepts):
+        if not concept.warm_start:
+            continue
+        try:
+            artifact = ConceptArtifact.load(f"{artifact_root.rstrip('/')}/{concept.warm_start}", filesystem=fs)
+        except ArtifactError as e:  # deleted or unreadable since it was registered
+            log.warning("%s: cannot warm start from %s (%s); starting fresh", concept.id.key, concept.warm_start, e)
+            continue
+        fits = (artifact.hidden_size, artifact.num_und_tokens, artifact.num_gen_tokens, artifact.mode) == (
+            bank.hidden_size, bank.num_und, bank.num_gen, bank.mode)
+        if not fits:
+            log.warning("%s: the tokens of %s do not fit this recipe's bank; starting fresh", concept.id.key, concept.warm_start)
+            continue
+        tokens[slot] = {name: getattr(artifact, name) for name in TENSOR_NAMES}
+    return tokens
 
 
 def artifact_exists(fs, artifact_root: str, concept: TrainConcept) -> bool:
