@@ -181,7 +181,7 @@ def _recognition_metrics(task: str, scores: list[tuple[bool, float]]) -> dict[st
 
 
 def answer_check(with_image: bool, share: float = 0.5, prompt: str | None = None) -> HeldOutCheck:
-    """Judge the model's answer against the example's (0 / 0.5 / 1 on content words): `<task>_accuracy`.
+    """Judge the model's answer against the example's (token F1 of content words, `answer_score`): `<task>_accuracy`.
 
     The question is the example's prompt, or `prompt` for a task that asks its own."""
 

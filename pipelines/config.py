@@ -69,8 +69,8 @@ class MlflowSettings(BaseModel):
     registry_prefix: str = "omnipersona"
     registration_threads: int = Field(
         4, ge=1, le=64,
-        description="Concepts registered at once (`ConceptRegistry.register_many`): a registration is ~35 requests "
-        "to the MLflow server, whose latency threads overlap; a concept is still registered once. With a `sqlite:` "
+        description="Concepts registered at once (`ConceptRegistry.register_many`): a registration is ~23 requests "
+        "to the MLflow server (docs/registry.md), whose latency threads overlap; a concept is still registered once. With a `sqlite:` "
         "tracking URI (no server: one writer) concepts register one at a time",
     )
 
@@ -89,8 +89,8 @@ class EvaluationSettings(BaseModel):
     eval_sets_uri: str | None = Field(
         None,
         description="Held-out evaluation sets, one per concept under `<uri>/<tenant>/<concept>/`, read by `eval_set_reader`. "
-        "A concept that has one is scored by the OmniPBench-style harness (omnipersona.evaluation) instead of on the held-out "
-        "ingest epoch: recognition over held-out views and hard negatives, text QA and VQA in held-out wording, and with "
+        "A concept that has one is scored by the OmniPBench-style harness (omnipersona.evaluation) instead of on its held-out "
+        "images (ingest.gate_holdout_every): recognition over held-out views and hard negatives, text QA and VQA in held-out wording, and with "
         "a `judge` generation, PARG and editing; the gate can bound any of these metrics.",
     )
     eval_set_reader: str = Field(
