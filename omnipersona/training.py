@@ -186,7 +186,7 @@ def init_pack_concepts(bank: ConceptBank, bundle, pools: list[ConceptPool], clas
         images = [ex.image for ex in pool.examples
                   if ex.task == "recognition" and ex.answer == "Yes" and ex.image is not None][:4]
         init_concept(bank, slot, bundle, class_word, images, strategy=cfg.init,
-                     seed=concept_init_seed(cfg.seed, pool.concept_key), cache=cache)
+                     seed=concept_init_seed(cfg.seed, pool.concept_key), cache=cache, vit_size=cfg.vit_size, vae_size=cfg.vae_size)
 
 
 # ----------------------------------------------------------------------------- optimizer and LR schedule

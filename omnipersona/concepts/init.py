@@ -77,9 +77,12 @@ def init_concept(
     seed: int = 0,
     noise_scale: float = 0.1,
     cache: ImageCache | None = None,
+    vit_size: int = 64,
+    vae_size: int = 64,
 ) -> None:
     """Set slot `slot`'s tokens. `cache` (a `SampleBuilder.cache`) reuses image features and VAE
-    posteriors computed once per image; the values are the same with or without it."""
+    posteriors computed once per image; the values are the same with or without it. Images are read
+    at `vit_size` / `vae_size`, the sizes training uses (a base's position tables bound them)."""
     model, tok = bundle.model, bundle.tokenizer
     embed = model.language_model.model.embed_tokens.weight
     g = torch.Generator().manual_seed(seed)
@@ -100,8 +103,8 @@ def init_concept(
     bank.identifier[slot] = word[None]
     bank.identifier_output[slot] = model.language_model.lm_head.weight[word_ids[0]]
     if strategy == "image" and images:
-        und_base = image_features(bundle, images, cache=cache).mean(0)
-        gen_base = latent_features(bundle, images, cache=cache).mean(0)
+        und_base = image_features(bundle, images, vit_size=vit_size, cache=cache).mean(0)
+        gen_base = latent_features(bundle, images, vae_size=vae_size, cache=cache).mean(0)
     else:
         und_base = gen_base = word
     bank.und_tokens[slot] = und_base[None] + noise_scale * noise(bank.num_und)

@@ -77,3 +77,18 @@ def test_a_world_concept_learns_on_the_shipped_base(world_base):
     untrained_positives = mean_p_yes(untrained, held_out.views)
     assert positives - look_alikes > 0.1, (positives, look_alikes)
     assert positives - untrained_positives > 0.1, (positives, untrained_positives)
+
+
+def test_the_default_image_initialisation_works_at_the_world_bases_size(world_base):
+    """`init: image` (the default) read the concept's pictures at 64 px whatever the recipe said: on
+    the world base (32 px position tables) the job crashed in the ViT embedding (IndexError) before
+    its first step (the demo worked around it with `init: class_word`). Failed before the fix."""
+    concept = make_concepts(1, seed=DEV_SPLIT_SEED)[0]
+    llm, size = world_base.config.llm, world_base.config.vit.image_size
+    cfg = TrainConfig(num_und_tokens=2, num_gen_tokens=2, vit_size=size, vae_size=size)
+    assert cfg.init == "image"
+    bank = ConceptBank(1, llm.hidden_size, llm.vocab_size, cfg.num_und_tokens, cfg.num_gen_tokens)
+    from omnipersona.training import init_pack_concepts
+
+    init_pack_concepts(bank, world_base, [concept_pool(concept, 0, size=size, tasks=("recognition",))], [concept.class_word], cfg)
+    assert bank.und_tokens.abs().sum() > 0 and torch.isfinite(bank.und_tokens).all()
