@@ -145,7 +145,8 @@ def test_select_reads_the_registry_in_one_batched_lookup_and_decides_as_before(
     write_artifact(root / exported.subpath, tenant, "exported", "d-e", "recipe-a")  # exported, never registered
 
     ctx = SimpleNamespace(
-        cfg=SimpleNamespace(artifacts=SimpleNamespace(root=str(root)), storage=None), registry=registry,
+        cfg=SimpleNamespace(artifacts=SimpleNamespace(root=str(root)), storage=None, train=SimpleNamespace(warm_start=False)),
+        registry=registry,
         recipe_hash="recipe-a", base=SimpleNamespace(fingerprint=FINGERPRINT),
         summary=JobSummary(job_id="job-sel", started_at=datetime.now(timezone.utc), snapshot_uri="s3://u", config_hash="recipe-a"),
     )
@@ -170,6 +171,14 @@ def test_select_reads_the_registry_in_one_batched_lookup_and_decides_as_before(
     assert [c.id.concept for c in plan.to_register] == ["exported"]
     (skipped,) = ctx.summary.concepts
     assert (skipped.concept_key, skipped.outcome, skipped.version, skipped.why) == (f"{tenant}/same", "skipped", "1", SKIP_REASON)
+    assert all(c.warm_start is None for c in plan.to_train)
+
+    # train.warm_start: a concept with a version on this base starts from its newest one's artifact.
+    ctx.cfg.train.warm_start = True
+    warm = {c.id.concept: c for c in select(ctx, ingest).to_train}
+    assert warm["data"].warm_start == TrainConcept(ConceptId(tenant, "data"), "D", "dog", "d-old", "recipe-a", FINGERPRINT).subpath
+    assert warm["recipe"].warm_start.split("/")[-2] == "recipe-0"  # the newest version (v2), another recipe's tokens
+    assert warm["base"].warm_start is None and warm["new"].warm_start is None  # another base; nothing registered
 
 
 def test_register_many_runs_a_few_at_once_and_a_concept_sent_twice_gets_one_version(
