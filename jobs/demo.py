@@ -7,7 +7,7 @@ default: local Ray, a local folder as the object store, a sqlite MLflow, and the
 with the package (`--model world`, 32-pixel pictures; `--model tiny` runs the random tiny BAGEL,
 which proves the pipeline only). Then, for each registered concept, it draws a contact sheet of the
 untrained tokens (BEFORE: the bank the trainer started from) against the champion (AFTER)
-(`pipelines/demo_sheets.py`) and prints held-out recognition before vs after.
+(`jobs/demo_sheets.py`) and prints held-out recognition before vs after.
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def run_demo(root: str | Path = "omnipersona-demo", fresh: bool = True, model: s
 
 def _before_and_after(cfg, root: Path, job_id: str, concept_keys: list[str]) -> None:
     """Each registered concept's contact sheet (untrained tokens vs its champion), then the summary."""
-    from pipelines.demo_sheets import concept_sheet, summary_lines
+    from jobs.demo_sheets import concept_sheet, summary_lines
 
     sheets = []
     for i, key in enumerate(concept_keys, 1):

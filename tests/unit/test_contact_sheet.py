@@ -107,11 +107,11 @@ def test_the_sheet_has_the_layout_it_announces():
 
 
 def test_the_demo_summary_counts_a_win_only_above_rounding():
-    """pipelines/demo_sheets.py's printed summary. Break-checked once by hand (2026-11-30): with
+    """jobs/demo_sheets.py's printed summary. Break-checked once by hand (2026-11-30): with
     BEATS_BY = 0 the 0.370 -> 0.372 concept counts as a win and the last assertion fails."""
     from pathlib import Path
 
-    from pipelines.demo_sheets import ConceptSheet, summary_lines
+    from jobs.demo_sheets import ConceptSheet, summary_lines
 
     before = SheetRow("BEFORE", [], [0.37, 0.37], [0.36])
     same, better = SheetRow("AFTER", [], [0.372, 0.372], [0.37]), SheetRow("AFTER", [], [0.5, 0.7], [0.3])
