@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from omnipersona.concepts.artifact import config_hash
 from omnipersona.concepts.bank import ConceptBank
 from omnipersona.model.checkpoint import load_bagel
 from omnipersona.training import PackModule, TrainConfig, make_optimizer
@@ -67,7 +66,7 @@ class WorkerSpec(BaseModel):
     train_keys: list[str] | None = None  # concepts to train; the packs' other concepts are skipped (None: all)
     pack_size: int
     recipe: TrainConfig
-    result_hash: str | None = None  # the trained concepts' config hash (TrainStageConfig.result_hash); None: the recipe's
+    result_hash: str  # the trained concepts' config hash (TrainStageConfig.result_hash): their artifact paths carry it
     deepspeed: DeepSpeedConfig
     checkpoint_every: int = 50
     progress_interval_s: float = 10.0  # seconds between progress reports of steps (`train_steps`)
@@ -326,11 +325,10 @@ def export_pack(worker: Worker, plan: PackPlan) -> None:
     tensors = worker.runner.concept_tensors(list(range(len(plan.concepts))))  # collective: all ranks
     if worker.rank == 0:
         spec, bundle = worker.spec, worker.bundle
-        recipe_hash = spec.result_hash or config_hash(spec.recipe)
         for slot, c in enumerate(plan.concepts):
             if not plan.export[slot]:
                 continue
-            path = export_artifact(worker.artifact_fs, worker.artifact_root, c, tensors[slot], recipe_hash,
+            path = export_artifact(worker.artifact_fs, worker.artifact_root, c, tensors[slot], spec.result_hash,
                                    bundle.config.model_id, bundle.fingerprint, plan.telemetry[slot], spec.recipe.mode)
             worker.run_log.add("export", concept=c.id.key, subpath=c.subpath, pack_index=plan.index,
                                checksum=tensors_checksum(tensors[slot]), path=path)
