@@ -104,3 +104,19 @@ def mean_pairwise_cosine(generated: np.ndarray, references: np.ndarray) -> float
     if len(generated) == 0 or len(references) == 0:
         return float("nan")
     return float(cosine_similarity_matrix(generated, references).mean())
+
+
+def bootstrap_interval(values: Iterable[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of `values` and its percentile bootstrap interval.
+
+    Each resample draws len(values) values with replacement (in the benchmarks: concepts, so the
+    interval says how much the mean depends on which concepts were drawn); lo / hi are the
+    (1 - level) / 2 and (1 + level) / 2 percentiles of the resampled means. NaNs are left out
+    (a metric a concept did not report); no values gives NaNs. Seeded: the same call, the same interval."""
+    v = np.asarray([x for x in values if not np.isnan(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(v.mean()), float(lo), float(hi)
