@@ -15,12 +15,14 @@ engine averages gradients over the ranks; the summed gradient is then exactly th
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
+from itertools import zip_longest
 from typing import Protocol
 
 import torch
@@ -58,10 +60,15 @@ class ConceptPool:
             self.by_task.setdefault(ex.task, []).append(ex)
 
 
-def step_examples(pools: list[ConceptPool], step: int, batch_size: int, seed: int) -> list[ConceptExample]:
-    """`batch_size` examples per concept for `step`: tasks round-robin (balanced), picks seeded per concept."""
+def step_examples(pools: list[ConceptPool], step: int, batch_size: int, seed: int,
+                  skip: frozenset[int] | set[int] = frozenset()) -> list[ConceptExample]:
+    """`batch_size` examples per concept for `step`: tasks round-robin (balanced), picks seeded per concept.
+
+    `skip`: slots left out (concepts early stopping has stopped); the others' examples do not change."""
     out = []
     for slot, pool in enumerate(pools):
+        if slot in skip:
+            continue
         tasks = sorted(pool.by_task)
         for i in range(batch_size):
             s = example_seed(seed, pool.concept_key, step, i)
@@ -333,13 +340,15 @@ class PackTrainer:
         self.engine, self.builder, self.recipe = engine, builder, recipe
         self.rank, self.world, self.reduce = rank, world, reduce
         self._answer_tokens: dict = {}  # step_target_counts' cache: answers repeat across steps
+        # Slots early stopping has stopped: their examples leave the steps (`step_examples(skip=)`).
+        self.stopped: set[int] = set()
 
     def _share(self, pools: list[ConceptPool], step: int) -> tuple[list[ConceptExample], list[ConceptExample], float]:
         """(the step's examples, what this rank runs, its weight). A rank without an example this step
         (W > batch size) runs the step's first one with weight 0: sharded engines (ZeRO-3) need every
         rank to run the model, and a zero-weight loss adds nothing."""
         r = self.recipe
-        everything = step_examples(pools, step, r.batch_size, r.seed)
+        everything = step_examples(pools, step, r.batch_size, r.seed, skip=self.stopped)
         mine = example_share(everything, self.rank, self.world)
         return everything, (mine or everything[:1]), (1.0 if mine else 0.0)
 
@@ -351,21 +360,23 @@ class PackTrainer:
         # Batches are built on the CPU and moved to where the engine runs (a worker's GPU).
         return self.builder.batch(examples).to(self.engine.device)
 
-    def start_pack(self, pools: list[ConceptPool], start: int = 0) -> int:
+    def start_pack(self, pools: list[ConceptPool], start: int = 0, heldout: list[ConceptExample] = ()) -> int:
         """Make ready for the pack's steps `start`.. .
 
         A new pack (`start` 0) gets zeroed optimizer state; the LR schedule goes to `start`, so a new
         pack warms up again and a resumed one (optimizer state loaded from its checkpoint) continues.
         The VAE posterior of every latent image those steps use (and step 0's, whose batch the
-        first-batch losses use) is encoded here, once, so the steps never run the VAE encoder.
-        Returns the number of images encoded.
+        first-batch losses use, and the `heldout` examples early stopping checks) is encoded here,
+        once, so the steps never run the VAE encoder. No concept is stopped. Returns the number of
+        images encoded.
         """
         if start == 0:
             reset_optimizer_state(self.engine.optimizer)
         set_schedule_step(self.engine.lr_scheduler, start)
         self._answer_tokens.clear()
+        self.stopped = set()
         steps = ([0] if start > 0 else []) + list(range(start, self.recipe.steps))
-        return self.builder.precompute(ex for step in steps for ex in self.examples(pools, step))
+        return self.builder.precompute([*(ex for step in steps for ex in self.examples(pools, step)), *heldout])
 
     def step_share(self, pools: list[ConceptPool], step: int) -> StepShare:
         """This rank's forward of `step`: each concept's terms over its examples here, divided by the
@@ -405,11 +416,57 @@ class PackTrainer:
             self.engine.backward(share.loss * self.world if self.world > 1 else share.loss)
             self.engine.step()
             loss, per_term = self.summed(share, len(pools))
-            record = StepRecord(step, loss, per_term, [self.recipe.batch_size] * len(pools), time.perf_counter() - t0)
+            samples = [0 if slot in self.stopped else self.recipe.batch_size for slot in range(len(pools))]
+            record = StepRecord(step, loss, per_term, samples, time.perf_counter() - t0)
             records.append(record)
             if on_step is not None:
                 on_step(record)
         return records
+
+    @torch.no_grad()
+    def heldout_losses(self, heldout: list[ConceptExample], num_concepts: int) -> list[float]:
+        """Per concept, the sum over its loss terms of each term's mean over ALL its `heldout`
+        examples (`heldout_examples`), with the current tokens; NaN for a concept with none there.
+
+        Like a step: the examples go in chunks of `batch_size` per concept, each rank runs its share
+        of a chunk (a rank without one runs the chunk's first example at weight 0), every term is
+        divided by the concept's targets over the whole held-out set, and the shares are summed over
+        the ranks: the values do not depend on W or on the pack's other concepts."""
+        totals = [math.nan] * num_concepts
+        if not heldout:
+            return totals
+        counts = step_target_counts(self.builder, heldout, self.builder.bank.num_concepts, self._answer_tokens)
+        device = self.engine.device
+        on_device = {k: v.to(device) for k, v in counts.items()}
+        loss_sum, table_sum = torch.zeros((), device=device), {}
+        for chunk in _chunks(heldout, self.recipe.batch_size):
+            mine = example_share(chunk, self.rank, self.world)
+            loss, table = self.engine(self.batch(mine or chunk[:1]), self.recipe.loss_weights, on_device)
+            weight = 1.0 if mine else 0.0
+            loss_sum = loss_sum + loss.detach().float() * weight
+            for term, values in table.items():
+                values = torch.nan_to_num(values.detach().float(), nan=0.0) * weight
+                table_sum[term] = table_sum[term] + values if term in table_sum else values
+        _, per_term = self.summed(StepShare(loss_sum, table_sum, counts), num_concepts)
+        seen = {ex.slot for ex in heldout}
+        for slot in seen:
+            if slot < num_concepts:
+                totals[slot] = float(sum(v[slot] for v in per_term.values() if v[slot] == v[slot]))
+        return totals
+
+    def check(self, stopper: "EarlyStopper", heldout: list[ConceptExample], steps_done: int,
+              tensors: Callable[[list[int]], list[dict[str, torch.Tensor]]]) -> list[int]:
+        """An early-stopping check after `steps_done` steps: the held-out losses of the concepts
+        still training, the best tokens kept (`tensors(slots)`: the current tokens of those slots;
+        every rank calls it alike), the concepts whose patience ran out stopped. Returns those."""
+        active = [ex for ex in heldout if ex.slot not in self.stopped]
+        values = self.heldout_losses(active, len(stopper.concepts))
+        improved, stopped = stopper.observe(steps_done, values, skip=self.stopped)
+        if improved:
+            for slot, t in zip(improved, tensors(improved), strict=True):
+                stopper.best_tokens[slot] = t
+        self.stopped |= set(stopped)
+        return stopped
 
     @torch.no_grad()
     def first_batch_losses(self, pools: list[ConceptPool]) -> list[float]:
@@ -423,11 +480,17 @@ class PackTrainer:
 
 
 def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainConfig,
-               on_step: Callable[[StepRecord], None] | None = None, builder: SampleBuilder | None = None) -> list[StepRecord]:
+               on_step: Callable[[StepRecord], None] | None = None, builder: SampleBuilder | None = None,
+               stopper: "EarlyStopper | None" = None, heldout: list[ConceptPool | None] | None = None) -> list[StepRecord]:
     """Train every concept of the pack for `cfg.steps` optimizer steps in plain PyTorch; returns the steps' records.
 
     `builder` (optional) is a `SampleBuilder` of this bundle and bank whose cache may already hold
     the pack's images (e.g. filled by `init_concept(..., cache=builder.cache)`).
+
+    `stopper` (optional): early stopping on `heldout` (one held-out pool or None per concept, never
+    trained on): a concept whose held-out loss stops improving stops training, the pack ends when
+    all have stopped, and every checked concept's slot ends with the tokens of its best check
+    (`stopper.concepts` holds the records).
     """
     bundle.model.freeze()
     if builder is None:
@@ -436,5 +499,153 @@ def train_pack(bundle, bank: ConceptBank, pools: list[ConceptPool], cfg: TrainCo
         raise ValueError("builder was made for another bank")
     optimizer, schedule = make_optimizer(bank, cfg)
     trainer = PackTrainer(TorchEngine(PackModule(bundle, bank), optimizer, schedule), builder, cfg)
-    trainer.start_pack(pools)
-    return trainer.train(pools, 0, cfg.steps, on_step)
+    if stopper is None:
+        trainer.start_pack(pools)
+        return trainer.train(pools, 0, cfg.steps, on_step)
+    if heldout is None or len(heldout) != len(pools):
+        raise ValueError("early stopping needs one held-out pool (or None) per concept of the pack")
+    held = heldout_examples(heldout, stopper.rule.max_examples, cfg.seed)
+    trainer.start_pack(pools, heldout=held)
+    records = []
+    for step in range(cfg.steps):
+        records += trainer.train(pools, step, step + 1, on_step)
+        if stopper.rule.due(step + 1, cfg.steps):
+            trainer.check(stopper, held, step + 1, lambda slots: [bank.concept_tensors(s) for s in slots])
+            if stopper.all_stopped:
+                break
+    for slot, tensors in stopper.best_tokens.items():  # the tokens kept: each concept's best check's
+        bank.load_concept(slot, tensors)
+    return records
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+HELDOUT_STEP = -1  # the `step` in held-out examples' seeds (`example_seed`): no training step has it
+
+
+def _chunks(examples: list[ConceptExample], size: int) -> list[list[ConceptExample]]:
+    """Concept-major `examples` cut so that chunk c holds each concept's examples c*size..(c+1)*size-1."""
+    index: dict[int, int] = {}
+    chunks: list[list[ConceptExample]] = []
+    for ex in examples:
+        i = index.get(ex.slot, 0)
+        index[ex.slot] = i + 1
+        while len(chunks) <= i // size:
+            chunks.append([])
+        chunks[i // size].append(ex)
+    return chunks
+
+
+def heldout_examples(pools: list[ConceptPool | None], max_examples: int, seed: int) -> list[ConceptExample]:
+    """The examples early stopping checks: up to `max_examples` per concept from its held-out pool
+    (slot = position; None: the concept has none), the tasks and, within a task, the answers taken
+    in turn (a capped set holds recognition's Yes and No alike), each seeded by (concept, index)
+    only: the same examples and noise at every check, in any pack, on any worker."""
+    out = []
+    for slot, pool in enumerate(pools):
+        if pool is None:
+            continue
+        per_task = []
+        for task in sorted(pool.by_task):
+            by_answer: dict[str, list[ConceptExample]] = {}
+            for ex in pool.by_task[task]:
+                by_answer.setdefault(ex.answer or "", []).append(ex)
+            per_task.append([ex for turn in zip_longest(*by_answer.values()) for ex in turn if ex is not None])
+        picked = [ex for turn in zip_longest(*per_task) for ex in turn if ex is not None][:max_examples]
+        for i, ex in enumerate(picked):
+            out.append(ConceptExample(slot=slot, task=ex.task, prompt=ex.prompt, answer=ex.answer, image=ex.image,
+                                      target=ex.target, seed=example_seed(seed, pool.concept_key, HELDOUT_STEP, i)))
+    return out
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a concept stops: the held-out loss is checked every `check_every` steps (and after the
+    last step); a check improves when it is below the best so far by more than `min_delta`; a
+    concept stops after `patience` checks in a row without improvement. `max_examples`: held-out
+    examples per concept per check."""
+
+    check_every: int = 25
+    patience: int = 3
+    min_delta: float = 0.0
+    max_examples: int = 16
+
+    def __post_init__(self):
+        if self.check_every < 1 or self.patience < 1 or self.min_delta < 0 or self.max_examples < 1:
+            raise ValueError(f"invalid early-stopping rule {self}")
+
+    def due(self, steps_done: int, steps: int) -> bool:
+        """Whether a check follows the step that makes `steps_done` steps (of `steps`)."""
+        return steps_done % self.check_every == 0 or steps_done == steps
+
+
+@dataclass
+class ConceptStop:
+    """One concept's early-stopping record: its checks ([steps done, held-out loss]), the best
+    check, the checks since without improvement, and when it stopped (None: it ran every step)."""
+
+    checks: list[list[float]] = field(default_factory=list)
+    best: float | None = None
+    best_step: int | None = None
+    bad_checks: int = 0
+    stopped_at: int | None = None
+
+    def observe(self, steps_done: int, value: float, rule: StopRule, steps: int) -> bool:
+        """Record a check; True when it is the new best (its tokens are the ones to keep). NaN (no
+        held-out examples) is no check: such a concept never stops. A concept whose patience runs
+        out before the last step stops at `steps_done`."""
+        if value != value or self.stopped_at is not None:
+            return False
+        self.checks.append([steps_done, float(value)])
+        if self.best is None or value < self.best - rule.min_delta:
+            self.best, self.best_step, self.bad_checks = float(value), steps_done, 0
+            return True
+        self.bad_checks += 1
+        if self.bad_checks >= rule.patience and steps_done < steps:
+            self.stopped_at = steps_done
+        return False
+
+    def summary(self, steps: int) -> dict:
+        """What the manifest records: steps run and saved, the best check, every check."""
+        run = self.stopped_at if self.stopped_at is not None else steps
+        return {"stopped_at_step": self.stopped_at, "steps_run": run, "steps_saved": steps - run,
+                "best_step": self.best_step, "best_heldout_loss": self.best, "checks": [list(c) for c in self.checks]}
+
+
+class EarlyStopper:
+    """Early stopping of a pack's concepts, each on its own held-out loss (`PackTrainer.check`):
+    per-concept records, and the tokens of each concept's best check (`best_tokens`, slot ->
+    tensors), which are the ones a pack keeps. A stopped concept's examples leave the steps; the
+    pack ends when every concept has stopped (`all_stopped`) or the steps run out."""
+
+    def __init__(self, rule: StopRule, num_concepts: int, steps: int):
+        self.rule, self.steps = rule, steps
+        self.concepts = [ConceptStop() for _ in range(num_concepts)]
+        self.best_tokens: dict[int, dict[str, torch.Tensor]] = {}
+
+    @property
+    def stopped(self) -> set[int]:
+        return {slot for slot, c in enumerate(self.concepts) if c.stopped_at is not None}
+
+    @property
+    def all_stopped(self) -> bool:
+        return all(c.stopped_at is not None for c in self.concepts)
+
+    def observe(self, steps_done: int, values: list[float], skip: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+        """One check's values (per slot): (slots at a new best, slots that stop now)."""
+        improved, stopped = [], []
+        for slot, (concept, value) in enumerate(zip(self.concepts, values, strict=True)):
+            if slot in skip:
+                continue
+            if concept.observe(steps_done, value, self.rule, self.steps):
+                improved.append(slot)
+            elif concept.stopped_at == steps_done:
+                stopped.append(slot)
+        return improved, stopped
+
+    def state(self) -> list[dict]:
+        """The records (no tensors), for a checkpoint."""
+        return [asdict(c) for c in self.concepts]
+
+    def load_state(self, state: list[dict]) -> None:
+        self.concepts = [ConceptStop(**c) for c in state]
