@@ -1,14 +1,23 @@
 """OmniPersona vs its ablations on held-out world concepts: the table of docs/evaluation.md.
 
-    python benchmarks/ablations.py                 # ~12 min on 2 CPU cores; builds / reuses the cached world base and probe
+    python benchmarks/ablations.py                 # the test split, 16 concepts, every row (~1 h on 2 shared CPU cores)
+    python benchmarks/ablations.py --split dev --concepts 6 --rows untrained,omnipersona,noop_edit
 
 Rows (same concepts, seeds and evaluation for all):
     untrained tokens   concept tokens initialised (image features / class word), never trained
+    text profile       no concept tokens: the concept's facts written before each request, the concept
+                       named as a plain word, no training (the paper's "BAGEL + text prompt")
+    untrained tokens + text profile   the same facts beside the untrained tokens (naming the identifier)
+    no-op edit         the edit returns its source unchanged: the Edit column's floor (other columns "-")
     OmniPersona        decoupled tokens, knowledge replay, editing data
+    tokens + text profile   OmniPersona's trained tokens with the text profile in the prompt too
     shared tokens      one token set on the understanding expert (TrainConfig(mode="shared"))
     no replay          OmniPersona's tokens, generation / editing from the raw request
     no editing data    decoupled tokens trained without the edit examples
 Every concept of a row trains in one pack (packing is exact: see omnipersona/objectives.py).
+Each cell is the mean over concepts and its 95% bootstrap interval (concepts resampled with
+replacement, 2000 resamples, seeded); a second table gives each row's paired difference to
+OmniPersona (the same resampled concepts for both rows).
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +46,7 @@ from pipelines.evaluate.gate import Gate  # noqa: E402
 # (5 of 6 OmniPersona concepts pass there, 1 of 6 with untrained tokens); on the test split of
 # docs/evaluation.md 3 of 6 OmniPersona concepts pass and none with untrained tokens.
 WORLD_BASE_GATE = Gate(minimums={"recognition_accuracy": 0.65, "text_qa_accuracy": 0.4, "vqa_accuracy": 0.6})
-from omnipersona.evaluation import EvalOptions, aggregate, evaluate_concept  # noqa: E402
+from omnipersona.evaluation import EvalOptions, aggregate, bootstrap_interval, evaluate_concept, unchanged_edit_metrics  # noqa: E402
 from omnipersona.pretrain.probe import ProbeConfig, ensure_probe  # noqa: E402
 from omnipersona.world.eval_sets import eval_set_from_world  # noqa: E402
 
@@ -45,6 +55,43 @@ from omnipersona.world.eval_sets import eval_set_from_world  # noqa: E402
 # (seed 20261130) was committed before anything ran on it and is run once, with the recipe frozen.
 SPLIT_SEEDS = {"dev": 101, "dev2": 202, "test": 20261130}
 ALL_TASKS = ("recognition", "vqa", "text_qa", "t2i", "edit")
+NO_EDIT_TASKS = tuple(t for t in ALL_TASKS if t != "edit")
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # --rows name
+    title: str
+    mode: str = "decoupled"
+    tasks: tuple[str, ...] = ALL_TASKS
+    train: bool = True
+    replay: bool = True
+    profile: bool = False  # the concept's facts in its prompt (text_profile)
+    tokens: bool = True  # False: no concept tokens, the concept named as a plain word (Persona(plain_names=True))
+    noop: bool = False  # no model: every edit returns its source
+
+
+ROWS = (
+    Row("untrained", "untrained tokens", train=False),
+    Row("text_profile", "text profile", train=False, profile=True, tokens=False),
+    Row("untrained_profile", "untrained tokens + text profile", train=False, profile=True),
+    Row("noop_edit", "no-op edit", train=False, noop=True),
+    Row("omnipersona", "OmniPersona"),
+    Row("tokens_profile", "tokens + text profile", profile=True),
+    Row("shared", "shared tokens", mode="shared"),
+    Row("no_replay", "no replay", replay=False),
+    Row("no_edit", "no editing data", tasks=NO_EDIT_TASKS),
+)
+REFERENCE = "OmniPersona"  # the row the paired differences are taken against
+BOOTSTRAP = {"resamples": 2000, "level": 0.95, "seed": 0}
+
+
+def text_profile(concept) -> str:
+    """Every fact of the concept (its class is the shape: "a teal star") in the form the world base
+    read in pretraining ("maeve is a teal star. maeve is striped. ... maeve's hobby is ...",
+    `omnipersona.pretrain.tasks._context`), naming it `<maeve>` as the eval set's requests do: the
+    concept's identifier beside tokens, the plain word "maeve" with `Persona(plain_names=True)`."""
+    return " ".join(concept.facts(subject=f"<{concept.name}>"))
 COLUMNS = (
     ("recognition_accuracy", "Rec."),
     ("text_qa_accuracy", "Text QA"),
@@ -75,23 +122,70 @@ def personalise(bundle, concepts, cfg: TrainConfig, tasks, image_size: int, trai
     return bank
 
 
-def evaluate_row(bundle, bank, concepts, eval_sets, probe, args, replay: bool) -> dict[str, dict[str, float]]:
+def evaluate_row(bundle, bank, concepts, eval_sets, probe, args, replay: bool, profile: bool = False,
+                 tokens: bool = True) -> dict[str, dict[str, float]]:
     persona = Persona(bundle, bank, [c.name for c in concepts], image_size=args.image_size,
                       sampling=FlowSampling(num_steps=args.sampling_steps, seed=args.seed), guide_concept=args.guide_concept,
-                      replay_appearance=args.replay_appearance)
+                      replay_appearance=args.replay_appearance,
+                      profiles={c.name: text_profile(c) for c in concepts} if profile else None, plain_names=not tokens)
     return {c.name: evaluate_concept(persona, es, probe, replay=replay) for c, es in zip(concepts, eval_sets)}
 
 
-def format_table(rows: dict[str, dict[str, float]], timings: dict[str, float], gate_passes: dict[str, str]) -> str:
+def intervals(per_concept: dict[str, dict[str, float]]) -> dict[str, tuple[float, float, float]]:
+    """(mean, lo, hi) of every column a row reports (a column no concept reports is left out)."""
+    out = {}
+    for key, _ in COLUMNS:
+        values = [m[key] for m in per_concept.values() if key in m]
+        if values:
+            out[key] = bootstrap_interval(values, **BOOTSTRAP)
+    return out
+
+
+def paired_differences(per_row: dict[str, dict[str, dict[str, float]]], reference: str = REFERENCE) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Each row minus the reference row, concept by concept, with bootstrap intervals of the mean
+    difference: resampling pairs removes the spread that concepts share between rows."""
+    if reference not in per_row:
+        return {}
+    ref = per_row[reference]
+    out = {}
+    for name, pc in per_row.items():
+        if name == reference:
+            continue
+        out[name] = {}
+        for key, _ in COLUMNS:
+            diffs = [pc[c][key] - ref[c][key] for c in pc if key in pc[c] and key in ref.get(c, {})]
+            if diffs:
+                out[name][key] = bootstrap_interval(diffs, **BOOTSTRAP)
+    return out
+
+
+def _cell(interval: tuple[float, float, float] | None, signed: bool = False) -> str:
+    if interval is None:
+        return "-"
+    m, lo, hi = interval
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(m)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def format_table(rows: dict[str, dict[str, tuple[float, float, float]]], timings: dict[str, float], gate_passes: dict[str, str]) -> str:
+    """One line per row: "mean [lo, hi]" per column ("-": the row does not measure it)."""
     header = "| Row | " + " | ".join(title for _, title in COLUMNS) + " | gate | time (s) |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
-    for name, metrics in rows.items():
-        cells = [f"{metrics.get(key, float('nan')):.3f}" for key, _ in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gate_passes[name]} | {timings.get(name, 0):.0f} |")
+    for name, cols in rows.items():
+        cells = [_cell(cols.get(key)) for key, _ in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gate_passes.get(name, '-')} | {timings.get(name, 0):.0f} |")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def format_differences(diffs: dict[str, dict[str, tuple[float, float, float]]]) -> str:
+    header = f"| Row - {REFERENCE} | " + " | ".join(title for _, title in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, cols in diffs.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(cols.get(key), signed=True) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", choices=sorted(SPLIT_SEEDS), default="test")
     ap.add_argument("--concepts", type=int, default=16)
@@ -105,10 +199,15 @@ def main(argv=None) -> int:
                     help="knowledge replay also rewrites requests whose question is the concept's appearance")
     ap.add_argument("--guide-concept", action=argparse.BooleanOptionalAction, default=True,
                     help="classifier-free guidance also towards the concept's tokens (Persona(guide_concept=...))")
-    ap.add_argument("--rows", default="untrained,omnipersona,shared,no_replay,no_edit")
+    ap.add_argument("--rows", default=",".join(r.key for r in ROWS), help="any of: " + ", ".join(r.key for r in ROWS))
     ap.add_argument("--base", default=None, help="a BAGEL checkpoint folder (default: the cached world base)")
     ap.add_argument("--json", default=None, help="also write the per-concept metrics here")
     ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -122,41 +221,55 @@ def main(argv=None) -> int:
     print(f"base {base}\nconcepts ({args.split}): {', '.join(c.name for c in concepts)}; setup {time.time() - start:.0f}s", flush=True)
 
     wanted = args.rows.split(",")
+    unknown = sorted(set(wanted) - {r.key for r in ROWS})
+    if unknown:
+        ap.error(f"unknown rows {unknown}")
     per_row: dict[str, dict[str, dict[str, float]]] = {}
     timings: dict[str, float] = {}
     banks: dict[str, ConceptBank] = {}
-    plan = [
-        ("untrained", "untrained tokens", "decoupled", ALL_TASKS, False, True),
-        ("omnipersona", "OmniPersona", "decoupled", ALL_TASKS, True, True),
-        ("shared", "shared tokens", "shared", ALL_TASKS, True, True),
-        ("no_replay", "no replay", "decoupled", ALL_TASKS, True, False),
-        ("no_edit", "no editing data", "decoupled", tuple(t for t in ALL_TASKS if t != "edit"), True, True),
-    ]
-    for key, title, mode, tasks, train, replay in plan:
-        if key not in wanted:
-            continue
-        t0 = time.time()
-        cfg = train_config(args, mode)
-        bank_key = f"{mode}|{','.join(tasks)}|{train}"
-        if bank_key not in banks:  # "no replay" reuses OmniPersona's tokens
-            torch.manual_seed(args.seed)
-            banks[bank_key] = personalise(bundle, concepts, cfg, tasks, args.image_size, train)
-        t1 = time.time()
-        per_row[title] = evaluate_row(bundle, banks[bank_key], concepts, eval_sets, probe, args, replay)
-        timings[title] = time.time() - t0
-        summary = aggregate(per_row[title])
-        print(f"{title}: train {t1 - t0:.0f}s, eval {time.time() - t1:.0f}s  "
-              + " ".join(f"{k}={summary.get(k, float('nan')):.3f}" for k, _ in COLUMNS), flush=True)
+    gate_passes: dict[str, str] = {}
 
-    table = {name: aggregate(m) for name, m in per_row.items()}
-    # Concepts of each row that pass the world base's promotion gate (pipelines.evaluate.gate).
-    gate_passes = {name: f"{sum(WORLD_BASE_GATE.evaluate(m).passed for m in pc.values())}/{len(pc)}" for name, pc in per_row.items()}
+    def report() -> dict:
+        # Written after every row, so a run stopped part-way keeps what it measured.
+        table = {name: intervals(pc) for name, pc in per_row.items()}
+        result = {"args": vars(args), "bootstrap": BOOTSTRAP, "concepts": [c.name for c in concepts],
+                  "table": {n: {k: list(v) for k, v in cols.items()} for n, cols in table.items()},
+                  "differences": {n: {k: list(v) for k, v in cols.items()} for n, cols in paired_differences(per_row).items()},
+                  "per_concept": per_row, "timings": timings, "gate_passes": gate_passes}
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return result
+
+    for row in (r for r in ROWS if r.key in wanted):
+        t0 = time.time()
+        if row.noop:
+            per_row[row.title] = {c.name: unchanged_edit_metrics(es, probe) for c, es in zip(concepts, eval_sets)}
+            t1 = time.time()
+        else:
+            cfg = train_config(args, row.mode)
+            bank_key = f"{row.mode}|{','.join(row.tasks)}|{row.train}"
+            if bank_key not in banks:  # "no replay" and the profile rows reuse a bank trained (or not) for another row
+                torch.manual_seed(args.seed)
+                banks[bank_key] = personalise(bundle, concepts, cfg, row.tasks, args.image_size, row.train)
+            t1 = time.time()
+            per_row[row.title] = evaluate_row(bundle, banks[bank_key], concepts, eval_sets, probe, args, row.replay, row.profile, row.tokens)
+            # Concepts of the row that pass the world base's promotion gate (pipelines.evaluate.gate).
+            gate_passes[row.title] = f"{sum(WORLD_BASE_GATE.evaluate(m).passed for m in per_row[row.title].values())}/{len(concepts)}"
+        timings[row.title] = time.time() - t0
+        summary = aggregate(per_row[row.title])
+        print(f"{row.title}: train {t1 - t0:.0f}s, eval {time.time() - t1:.0f}s  "
+              + " ".join(f"{k}={summary[k]:.3f}" for k, _ in COLUMNS if k in summary), flush=True)
+        report()
+
+    result = report()
     print()
-    print(format_table(table, timings, gate_passes))
+    print(format_table({n: {k: tuple(v) for k, v in cols.items()} for n, cols in result["table"].items()}, timings, gate_passes))
+    if result["differences"]:
+        print()
+        print(format_differences({n: {k: tuple(v) for k, v in cols.items()} for n, cols in result["differences"].items()}))
     print(f"\n{len(concepts)} held-out concepts ({args.split} split, seed {SPLIT_SEEDS[args.split]}), "
-          f"{args.steps} steps x batch {args.batch_size} per concept, lr {args.lr}; total wall time {time.time() - start:.0f}s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "per_concept": per_row, "timings": timings, "gate_passes": gate_passes}, indent=2))
+          f"{args.steps} steps x batch {args.batch_size} per concept, lr {args.lr}; cells: mean [95% bootstrap interval over "
+          f"concepts, {BOOTSTRAP['resamples']} resamples]; total wall time {time.time() - start:.0f}s")
     return 0
 
 

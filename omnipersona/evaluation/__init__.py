@@ -7,9 +7,10 @@ Eval sets and picture judges plug in (`plugins.py`): the procedural world's live
 `omnipersona.world.eval_sets` and `omnipersona.pretrain.probe`. Torch-free.
 """
 from .eval_set import QA, ConceptEvalSet, EditCase, EvalOptions, PargCase, fill_name
-from .harness import FeatureExtractor, GeneratedImages, ImageJudge, aggregate, evaluate_concept
+from .harness import FeatureExtractor, GeneratedImages, ImageJudge, aggregate, evaluate_concept, unchanged_edit_metrics
+from .metrics import bootstrap_interval
 
 __all__ = [
     "QA", "ConceptEvalSet", "EditCase", "EvalOptions", "FeatureExtractor", "GeneratedImages", "ImageJudge",
-    "PargCase", "aggregate", "evaluate_concept", "fill_name",
+    "PargCase", "aggregate", "bootstrap_interval", "evaluate_concept", "fill_name", "unchanged_edit_metrics",
 ]

@@ -108,6 +108,13 @@ def evaluate_concept(
     return out
 
 
+def unchanged_edit_metrics(eval_set: ConceptEvalSet, judge: ImageJudge) -> dict[str, float]:
+    """The edit metrics (`edit_*`) of a no-op editor, one that returns every source unchanged: the
+    floor an edit score should be read against (it keeps everything and applies nothing)."""
+    scored = judge.score(eval_set, GeneratedImages([], [], [e.source for e in eval_set.edits]))
+    return {k: v for k, v in scored.items() if k.startswith("edit_")}
+
+
 def _split(results: list, groups: Sequence[Sequence]) -> list[list]:
     """Results of the concatenated groups, cut back into one list per group."""
     ends = np.cumsum([0] + [len(g) for g in groups]).tolist()

@@ -22,6 +22,14 @@ greedy decoding stops per row, and every picture starts from its own request's s
 Each loaded concept gets a slot in one inference bank; its system prompt ("<maeve> is <und...>
 <gen...>.") is prefilled first, with generation tokens routed to the generation expert.
 
+Text profiles (`profiles={"maeve": "<maeve> is a teal star. <maeve>'s toy is a red rocket. ..."}`):
+a concept's written description, prefilled as its own segment right after its system prompt,
+wherever the concept's prompt goes (understanding, replay, and the conditional branches of
+generation and editing), beside its tokens. With `plain_names=True` there are no concept tokens
+at all: no system prompt, and `<maeve>` in any prompt is written as the plain word "maeve", so the
+profile alone stands for the concept — the paper's "BAGEL + text prompt" baseline, in the form the
+world base was pretrained to read ("maeve is a teal star. maeve is striped. ...", then the request).
+
 A concept is named in prompts by its display name in angle brackets, matched literally whatever it
 holds (`<Mr. Whiskers>`), and becomes its identifier token; every other character of a prompt is
 user text, tokenised with special-token strings split into ordinary tokens
@@ -40,7 +48,9 @@ less of it); requests about knowledge ("... with its toy") are always rewritten.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -88,7 +98,8 @@ class Generated:
 
 class Persona:
     def __init__(self, bundle, bank: ConceptBank, names: list[str], image_size: int = 64, sampling: FlowSampling | None = None,
-                 guide_concept: bool = True, replay_appearance: bool = False, batch_size: int = 16):
+                 guide_concept: bool = True, replay_appearance: bool = False, batch_size: int = 16,
+                 profiles: Mapping[str, str] | None = None, plain_names: bool = False):
         if bundle.tokenizer is None:
             raise ValueError("the base model folder has no tokenizer files: inference needs them")
         self.bundle, self.bank, self.names = bundle, bank, list(names)
@@ -97,6 +108,14 @@ class Persona:
             # A name is how a prompt reaches a concept's identifier: one name, one concept.
             raise ValueError(f"every loaded concept needs its own non-empty name; repeated or empty: {twice or ['']}")
         self.slots = {name: i for i, name in enumerate(self.names)}
+        self.profiles = dict(profiles or {})
+        self.plain_names = plain_names
+        # `<name>` -> `name` for plain names; longest names first, so no name cuts another short.
+        ordered = sorted(self.names, key=lambda n: (-len(n), n))
+        self._plain = functools.partial(re.compile("<(" + "|".join(re.escape(n) for n in ordered) + ")>").sub, lambda m: m.group(1))
+        unknown = sorted(set(self.profiles) - set(self.names))
+        if unknown:
+            raise ValueError(f"profiles for concepts that are not loaded: {unknown}; loaded: {self.names}")
         self.image_size = image_size
         self.sampling = sampling or FlowSampling()
         self.guide_concept = guide_concept
@@ -148,14 +167,15 @@ class Persona:
         return sorted(set(used))
 
     def _context(self, slots: list[int]) -> Context:
-        """A fresh context holding the system prompts of the given concepts (prefilled once, then forked)."""
+        """A fresh context holding the prompts of the given concepts (prefilled once, then forked)."""
         key = tuple(slots)
         if key not in self._prefixes:
             model, special = self.bundle.model, self.bundle.special
             ctx = new_context(model)
             table = self.bank.table()
             for slot in slots:
-                append_text(model, ctx, system_prompt_ids(self.bundle.tokenizer, self.bank, slot), special, table, self.bank.virtual_gen_start)
+                for ids in self._prefix_segments(slot):
+                    append_text(model, ctx, ids, special, table, self.bank.virtual_gen_start)
             self._prefixes[key] = ctx
         return self._prefixes[key].fork()
 
@@ -167,15 +187,27 @@ class Persona:
             model = self.bundle.model
             ctxs = [new_context(model) for _ in missing]
             table = self.bank.table()
-            for j in range(max(len(key) for key in missing)):
-                rows = [i for i, key in enumerate(missing) if len(key) > j]
-                append_text_batch(model, [ctxs[i] for i in rows],
-                                  [system_prompt_ids(self.bundle.tokenizer, self.bank, missing[i][j]) for i in rows],
+            # Segment by segment, in the order `_context` appends them: one forward per round.
+            queues = [[ids for slot in key for ids in self._prefix_segments(slot)] for key in missing]
+            for k in range(max((len(q) for q in queues), default=0)):
+                rows = [i for i, q in enumerate(queues) if len(q) > k]
+                append_text_batch(model, [ctxs[i] for i in rows], [queues[i][k] for i in rows],
                                   self.bundle.special, table, self.bank.virtual_gen_start)
             self._prefixes.update(zip(missing, ctxs))
         return [self._prefixes[key].fork() for key in keys]
 
+    def _prefix_segments(self, slot: int) -> list[list[int]]:
+        """What stands for the concept in `slot` before a request, one text segment each: its system
+        prompt (unless `plain_names`), then its profile (if it has one)."""
+        out = [] if self.plain_names else [system_prompt_ids(self.bundle.tokenizer, self.bank, slot)]
+        profile = self.profiles.get(self.names[slot], "")
+        if profile:
+            out.append(self._ids(profile))
+        return out
+
     def _ids(self, text: str) -> list[int]:
+        if self.plain_names:
+            return encode(self.bundle.tokenizer, self._plain(text), {})
         return encode(self.bundle.tokenizer, text, self.identifiers)
 
     def _append(self, ctx: Context, text: str) -> None:
