@@ -342,45 +342,48 @@ def test_the_extension_cache_reaches_the_workers_of_a_submitted_job(ray_head, tm
 # ---------------------------------------------------------------- two runs at once
 
 
-@pytest.mark.parametrize("second_job_id", [None, "job-concurrent-other"], ids=["same-job", "other-job-same-concepts"])
-def test_two_submissions_at_once_train_each_concept_once_and_register_one_version(
-        second_job_id, uploads, s3_server, ray_head, mlflow_server, tiny_bagel_dir, tmp_path):
-    """Two `ray job submit` at once, of the same job (one run waits for the other: leases on the job
-    id) or of two jobs over the same concepts (leases on the artifacts): every concept is trained and
-    exported once, registered once, and both submissions end 0; the run that did not train a concept
-    says which run did (the proof that both really ran at once). Both drivers run on the head, as in
-    production; their runs overlap (asserted from the summaries' start and finish times).
-    Break-checked: with `Leases.acquire` always granting, both jobs train both concepts and the
-    second ends 1 (its registration races the first's: a second version, an alias conflict)."""
-    prefix = f"fault-concurrent-{'same' if second_job_id is None else 'other'}"
+def test_three_submissions_at_once_train_each_concept_once_and_register_one_version(
+        uploads, s3_server, ray_head, mlflow_server, tiny_bagel_dir, tmp_path):
+    """Three `ray job submit` at once: the same job twice (one run waits for the other: leases on
+    the job id) and a second job over the same concepts (leases on the artifacts). Every concept is
+    trained and exported once, registered once, and all three submissions end 0; the job's own
+    Ray Train run started once; each run that did not train a concept says which run did (the
+    proof that they really ran at once). The drivers run on the head, as in production; the runs
+    overlap (asserted from the summaries' start and finish times). One test for both races: each
+    job run on these CPUs costs ~25 s of start-up.
+    Break-checked: with `Leases.acquire` always granting, the jobs train the concepts twice and the
+    later ones end 1 (their registration races the first's: a second version, an alias conflict)."""
+    prefix = "fault-concurrent"
     put_uploads(uploads, s3_server, prefix)
     config = job_config(s3_server, prefix, mlflow_server.tracking_uri, tmp_path / "runs", tiny_bagel_dir)
-    first = SubmittedJob(config, tmp_path, ray_head, s3_server, name="first")
-    second = SubmittedJob(config, tmp_path, ray_head, s3_server, name="second")
-    if second_job_id:
-        second.extra_args = ["--job-id", second_job_id]
-    wait_for_job_agent(ray_head, REPO)  # else one could be refused and retried after the other ended
-    first.start(), second.start()
-    codes = first.wait(), second.wait()
-    assert codes == (0, 0), first.output[-3000:] + "\n-----\n" + second.output[-3000:]
+    jobs = [SubmittedJob(config, tmp_path, ray_head, s3_server, name=name) for name in ("first", "same-job", "other-job")]
+    jobs[2].extra_args = ["--job-id", "job-concurrent-other"]
+    wait_for_job_agent(ray_head, REPO)  # else one could be refused and retried after the others ended
+    for job in jobs:
+        job.start()
+    codes = tuple(job.wait() for job in jobs)
+    assert codes == (0, 0, 0), "\n-----\n".join(job.output[-3000:] for job in jobs)
     exported = sorted(r["concept"] for r in exported_runs(tmp_path / "runs"))
     assert exported == sorted(f"{TENANT}/{c.name}" for c in uploads["concepts"]), exported
-    if second_job_id is None:  # one Ray Train run of the job, started once: the other run trained nothing
-        from pipelines.train.run_log import read_run_log
-
-        starts = [r for d in (tmp_path / "runs").glob("*") if d.is_dir() for r in read_run_log(str(d), None, "start")]
-        assert len(starts) == 1, starts
     assert all(v == [1] for v in versions(mlflow_server.tracking_uri, uploads["concepts"], prefix).values())
+
+    from pipelines.train.run_log import read_run_log
+
     runs = summaries(s3_server, prefix)
-    assert len(runs) == 2
-    assert runs[1]["started_at"] < runs[0]["finished_at"], "the two runs overlapped"
+    assert len(runs) == 3
+    assert max(r["started_at"] for r in runs) < min(r["finished_at"] for r in runs), "the three runs overlapped"
+    job_ids = {r["job_id"] for r in runs}
+    assert len(job_ids) == 2 and "job-concurrent-other" in job_ids, job_ids
+    (same_job,) = job_ids - {"job-concurrent-other"}
+    starts = [r for d in (tmp_path / "runs").glob(f"{same_job}-*") if d.is_dir() for r in read_run_log(str(d), None, "start")]
+    assert len(starts) <= 1, starts  # the same job's two submissions: one Ray Train run (none if the other job trained all)
     tags = [MlflowClient(mlflow_server.tracking_uri).get_run(run["run_id"]).data.tags for run in runs]
-    assert {t.get(RUN_TAG_RAY_SUBMISSION_ID) for t in tags} == {first.submission_id, second.submission_id}, "both came by `ray job submit`"
+    assert {t.get(RUN_TAG_RAY_SUBMISSION_ID) for t in tags} == {job.submission_id for job in jobs}, "all came by `ray job submit`"
     outcomes = [c for run in runs for c in run["concepts"]]
-    assert sorted(c["outcome"] for c in outcomes) == ["done", "done", "skipped", "skipped"], outcomes
+    assert sorted(c["outcome"] for c in outcomes) == ["done"] * 2 + ["skipped"] * 4, outcomes
     trainers = {run["run_id"] for run in runs if any(c["outcome"] == "done" for c in run["concepts"])}
     for c in outcomes:
-        if c["outcome"] == "skipped":  # the fault really happened: both ran at once, one waited for the other
+        if c["outcome"] == "skipped":  # the fault really happened: they ran at once, the others waited
             assert re.search(r"trained by job \S+ run ([0-9a-f]{32})", c["why"]), c
             assert re.search(r"run ([0-9a-f]{32})", c["why"]).group(1) in trainers, c
 
