@@ -50,17 +50,44 @@ class ScalingSettings(BaseModel):
         "PACK", description="How Ray places the workers' bundles over nodes (Ray Train's ScalingConfig)")
 
 
+class EarlyStoppingConfig(BaseModel):
+    """`train.early_stopping`: a per-concept stop on a held-out loss during training (off by default).
+
+    The held-out examples are the gate's: the ingest epoch(s) training leaves out
+    (`pipelines.ingest.holdout.gate_epochs`: planned from the images `ingest.gate_holdout_every`
+    holds out, or fresh augmentations of the training images for a concept with none to spare; with
+    that rule off and `ingest.epochs` > 1, the last epoch). A job with no such epoch has no held-out
+    signal: every concept then trains all its steps (logged, and its manifest says so)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Stop each concept when its held-out loss stops improving")
+    check_every: int = Field(50, ge=1, description="Optimizer steps between held-out checks (also one after the "
+                             "last step)")
+    patience: int = Field(3, ge=1, description="Checks in a row without improvement after which a concept stops")
+    min_delta: float = Field(0.0, ge=0, description="A check improves only when its loss is below the best so far by "
+                             "more than this")
+    max_examples: int = Field(16, ge=1, description="Held-out examples per concept per check (tasks and answers "
+                              "taken in turn)")
+
+
 class TrainStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def result_hash(self) -> str:
         """What a trained concept's identity takes from the train settings (its artifact path, its
-        registry tag): the recipe, and warm start when on (warm and fresh results differ)."""
+        registry tag): the recipe, plus warm start and early stopping when on (their results differ
+        from the plain recipe's)."""
         from omnipersona.concepts.artifact import config_hash
 
-        if not self.warm_start:
+        parts: dict = {}
+        if self.warm_start:
+            parts["warm_start"] = True
+        if self.early_stopping.enabled:
+            parts["early_stopping"] = self.early_stopping.model_dump(mode="json")
+        if not parts:
             return config_hash(self.recipe)
-        return config_hash({"recipe": self.recipe.model_dump(mode="json"), "warm_start": True})
+        return config_hash({"recipe": self.recipe.model_dump(mode="json"), **parts})
 
     recipe: TrainConfig = Field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
@@ -74,6 +101,10 @@ class TrainStageConfig(BaseModel):
         "grows with the number of workers so this share does not shrink; None = memory budget only")
     warm_start: bool = Field(False, description="A concept with a registered version (new images, say) starts "
                              "from that version's tokens instead of a fresh initialisation")
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=EarlyStoppingConfig, description="Per-concept early stopping on the gate's held-out examples: a "
+        "stopped concept's examples leave the pack's steps, it keeps the tokens of its best check, the pack ends when "
+        "every concept has stopped (docs/training.md)")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
     progress_interval_s: float = Field(10.0, ge=2, description="Seconds between progress reports of steps "
                                        "(lines in the job log); a pack's first step and its checkpoints are always reported")

@@ -69,6 +69,19 @@ def read_pools(fs: pafs.FileSystem, path: str, concept_keys: list[str], exclude_
 
     `exclude_epochs` keeps held-out epochs out of training; `only_epochs` reads just those.
     """
+    by_key = _read_examples(fs, path, concept_keys, exclude_epochs, only_epochs)
+    return [ConceptPool(k, by_key[k]) for k in concept_keys]
+
+
+def read_heldout_pools(fs: pafs.FileSystem, path: str, concept_keys: list[str], epochs: list[int]) -> list[ConceptPool | None]:
+    """The examples of the held-out `epochs` (the gate's) of `concept_keys`, in that order; None for a
+    concept with none there (what early stopping checks)."""
+    by_key = _read_examples(fs, path, concept_keys, None, epochs)
+    return [ConceptPool(k, by_key[k]) if by_key[k] else None for k in concept_keys]
+
+
+def _read_examples(fs: pafs.FileSystem, path: str, concept_keys: list[str], exclude_epochs: list[int] | None,
+                   only_epochs: list[int] | None) -> dict[str, list[ConceptExample]]:
     parts = [concept_part(k) for k in concept_keys]
     ds = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
     expr = pc.field(PARTITION).isin(parts)
@@ -97,4 +110,4 @@ def read_pools(fs: pafs.FileSystem, path: str, concept_keys: list[str], exclude_
         exs.sort(key=lambda e: (e.task, e.prompt, e.answer or "", hashlib.sha256(
             (e.image.tobytes() if e.image is not None else b"") + (e.target.tobytes() if e.target is not None else b"")
         ).hexdigest()))
-    return [ConceptPool(k, by_key[k]) for k in concept_keys]
+    return by_key

@@ -30,10 +30,10 @@ from pydantic import BaseModel
 
 from omnipersona.concepts.bank import ConceptBank
 from omnipersona.model.checkpoint import load_bagel
-from omnipersona.training import PackModule, TrainConfig, make_optimizer
+from omnipersona.training import EarlyStopper, PackModule, StopRule, TrainConfig, heldout_examples, make_optimizer
 from pipelines.storage import StorageConfig, filesystem_for
-from pipelines.train.config import DeepSpeedConfig
-from pipelines.train.example_store import read_pools
+from pipelines.train.config import DeepSpeedConfig, EarlyStoppingConfig
+from pipelines.train.example_store import read_heldout_pools, read_pools
 from pipelines.train.faults import FaultSpec, maybe_fail
 from pipelines.train.progress import pack_done_event, pack_start_event, ready_event, step_event
 from pipelines.train.run_log import RunLog
@@ -51,6 +51,7 @@ from pipelines.train.runner import (
 
 log = logging.getLogger("omnipersona.train")
 PROGRESS_FILE = "progress.json"
+EARLY_STOP_FILE = "early_stop_tokens.pt"  # in a mid-pack checkpoint: the best-check tokens early stopping keeps
 
 
 class WorkerSpec(BaseModel):
@@ -71,6 +72,8 @@ class WorkerSpec(BaseModel):
     checkpoint_every: int = 50
     progress_interval_s: float = 10.0  # seconds between progress reports of steps (`train_steps`)
     exclude_epochs: list[int] = []  # ingest epochs held out for evaluation
+    # `train.early_stopping`; its held-out examples are the `exclude_epochs` (the gate's).
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     faults: list[FaultSpec] = []  # fault injection for tests
 
 
@@ -83,6 +86,8 @@ class Resume:
     step: int = 0
     active: list[str] = field(default_factory=list)
     telemetry: list[dict] = field(default_factory=list)
+    early_stop: list[dict] | None = None  # the pack's early-stopping records (`EarlyStopper.state`)
+    early_stop_tokens: dict | None = None  # and its best-check tokens (slot -> tensors)
 
 
 @dataclass
@@ -95,6 +100,9 @@ class PackPlan:
     start: int
     telemetry: list[Telemetry]
     export: list[bool]
+    stopper: EarlyStopper | None = None  # `train.early_stopping` on (`start_stopper`)
+    heldout: list = field(default_factory=list)  # the held-out examples it checks (`heldout_examples`)
+    heldout_counts: list[int] = field(default_factory=list)  # per slot
 
 
 @dataclass
@@ -199,7 +207,10 @@ def load_resume(worker: Worker) -> Resume:
         # there): DeepSpeed's saved scheduler state knows nothing of the per-pack restarts.
         worker.engine.load_checkpoint(d, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=False)
         saved = json.loads((Path(d) / PROGRESS_FILE).read_text())
-    return Resume(saved["pack_index"], saved["step"], saved.get("active", []), saved.get("telemetry", []))
+        tokens_file = Path(d) / EARLY_STOP_FILE
+        tokens = torch.load(tokens_file, map_location="cpu") if tokens_file.exists() else None
+    return Resume(saved["pack_index"], saved["step"], saved.get("active", []), saved.get("telemetry", []),
+                  saved.get("early_stop"), tokens)
 
 
 def announce_start(worker: Worker, resume: Resume, seconds: float) -> None:
@@ -237,13 +248,44 @@ def plan_pack(worker: Worker, index: int, pack: list[TrainConcept], resume: Resu
         if not any(export):
             return None
         telemetry = [Telemetry.from_dict(t) for t in resume.telemetry] or [Telemetry() for _ in concepts]
-        return PackPlan(index, concepts, resume.step, telemetry, export)
+        plan = PackPlan(index, concepts, resume.step, telemetry, export)
+        if resume.early_stop is not None and plan_stopper(worker, plan):
+            plan.stopper.load_state(resume.early_stop)
+            plan.stopper.best_tokens = {int(k): v for k, v in (resume.early_stop_tokens or {}).items()}
+        return plan
     wanted = worker.spec.train_keys
     # Concepts whose artifact exists were trained by an earlier (interrupted) run or another job.
     concepts = [c for c in pack if (wanted is None or c.id.key in wanted) and not artifact_exists(fs, root, c)]
     if not concepts:
         return None
-    return PackPlan(index, concepts, 0, [Telemetry() for _ in concepts], [True] * len(concepts))
+    plan = PackPlan(index, concepts, 0, [Telemetry() for _ in concepts], [True] * len(concepts))
+    plan_stopper(worker, plan)
+    return plan
+
+
+def plan_stopper(worker: Worker, plan: PackPlan) -> bool:
+    """With `train.early_stopping` on: the pack's stopper and held-out examples (the gate's epochs of
+    the pack's concepts: `exclude_epochs`). True when early stopping is on."""
+    spec = worker.spec
+    rule = spec.early_stopping
+    if not rule.enabled:
+        return False
+    plan.stopper = EarlyStopper(StopRule(check_every=rule.check_every, patience=rule.patience, min_delta=rule.min_delta,
+                                         max_examples=rule.max_examples), len(plan.concepts), spec.recipe.steps)
+    keys = [c.id.key for c in plan.concepts]
+    if spec.exclude_epochs:
+        ex_fs, ex_path = filesystem_for(spec.examples_uri, spec.storage)
+        pools = read_heldout_pools(ex_fs, ex_path, keys, spec.exclude_epochs)
+    else:
+        pools = [None] * len(keys)
+    plan.heldout = heldout_examples(pools, rule.max_examples, spec.recipe.seed)
+    plan.heldout_counts = [sum(ex.slot == slot for ex in plan.heldout) for slot in range(len(keys))]
+    if worker.rank == 0:
+        for key, n in zip(keys, plan.heldout_counts):
+            if n == 0:
+                log.warning("%s: no held-out examples (ingest.gate_holdout_every off and one ingest epoch?): "
+                            "early stopping cannot stop it", key)
+    return True
 
 
 def run_pack(worker: Worker, plan: PackPlan) -> None:
@@ -255,7 +297,9 @@ def run_pack(worker: Worker, plan: PackPlan) -> None:
     ex_fs, ex_path = filesystem_for(spec.examples_uri, spec.storage)
     pools = read_pools(ex_fs, ex_path, [c.id.key for c in plan.concepts], exclude_epochs=spec.exclude_epochs)
     # Optimizer state and schedule for step `start`; the frozen VAE runs here, once per image.
-    trainer.start_pack(pools, plan.start)
+    trainer.start_pack(pools, plan.start, heldout=plan.heldout)
+    if plan.stopper is not None:
+        trainer.stopped = plan.stopper.stopped  # a resumed pack: its concepts stopped before the checkpoint
     if plan.start == 0:
         art_fs, art_root = filesystem_for(spec.artifact_root, spec.storage)
         warm = warm_start_tokens(art_fs, art_root, plan.concepts, worker.runner.bank)
@@ -263,6 +307,11 @@ def run_pack(worker: Worker, plan: PackPlan) -> None:
         for tel, value in zip(plan.telemetry, trainer.first_batch_losses(pools)):
             tel.first_batch_before = value
     loss = train_steps(worker, plan, pools)
+    if plan.stopper is not None:
+        # The tokens kept: each checked concept's best check's (its rows may have drifted since under
+        # AdamW's momentum, but nothing read them: its examples had left the steps).
+        worker.runner.load_concepts(plan.stopper.best_tokens)
+        trainer.stopped = set()
     for tel, value in zip(plan.telemetry, trainer.first_batch_losses(pools)):
         tel.first_batch_after = value
     export_pack(worker, plan)
@@ -280,20 +329,33 @@ def train_steps(worker: Worker, plan: PackPlan, pools) -> float | None:
     keys = [c.id.key for c in plan.concepts]
     loss = None
 
+    stopper = plan.stopper
+    trainer = worker.runner.trainer
+
     def on_step(record):
         for slot, tel in enumerate(plan.telemetry):
-            tel.add(record, slot)
+            if record.samples[slot]:  # a stopped concept takes no part in the step
+                tel.add(record, slot)
 
     for step in range(plan.start, spec.recipe.steps):
-        (record,) = worker.runner.trainer.train(pools, step, step + 1, on_step)
+        if stopper is not None and stopper.all_stopped:
+            break  # a pack resumed after its last concept stopped
+        (record,) = trainer.train(pools, step, step + 1, on_step)
         done, loss = step + 1, record.loss
+        if stopper is not None and stopper.rule.due(done, spec.recipe.steps):
+            for slot in trainer.check(stopper, plan.heldout, done, worker.runner.concept_tensors):
+                if worker.rank == 0:
+                    worker.run_log.add("early_stop", concept=keys[slot], pack_index=plan.index,
+                                       **stopper.concepts[slot].summary(spec.recipe.steps))
         event = step_event(pack_index=plan.index, packs=len(spec.packs), step=done, steps=spec.recipe.steps,
                            concepts=len(plan.concepts), loss=record.loss, seconds=record.seconds)
         if done < spec.recipe.steps and done % spec.checkpoint_every == 0:
-            checkpoint(worker, plan.index, done, keys, plan.telemetry, event)
+            checkpoint(worker, plan.index, done, keys, plan.telemetry, event, stopper)
         elif step == plan.start or _rank0_says(worker, time.time() - worker.last_report >= spec.progress_interval_s):
             report(worker, event)
         maybe_fail(spec.faults, worker.run_log, "after_step", plan.index, done)
+        if stopper is not None and stopper.all_stopped:
+            break  # every concept of the pack has stopped
     if spec.deepspeed.zero_stage == 3 and not worker.zero_reported:
         worker.run_log.add("zero", pack_index=plan.index, **zero3_partitioning(worker.bundle.model))
         worker.zero_reported = True
@@ -328,8 +390,13 @@ def export_pack(worker: Worker, plan: PackPlan) -> None:
         for slot, c in enumerate(plan.concepts):
             if not plan.export[slot]:
                 continue
+            early_stop = None
+            if plan.stopper is not None:
+                early_stop = {**plan.stopper.concepts[slot].summary(spec.recipe.steps),
+                              "heldout_examples": plan.heldout_counts[slot]}
             path = export_artifact(worker.artifact_fs, worker.artifact_root, c, tensors[slot], spec.result_hash,
-                                   bundle.config.model_id, bundle.fingerprint, plan.telemetry[slot], spec.recipe.mode)
+                                   bundle.config.model_id, bundle.fingerprint, plan.telemetry[slot], spec.recipe.mode,
+                                   early_stop)
             worker.run_log.add("export", concept=c.id.key, subpath=c.subpath, pack_index=plan.index,
                                checksum=tensors_checksum(tensors[slot]), path=path)
             worker.concepts_exported += 1
@@ -337,9 +404,10 @@ def export_pack(worker: Worker, plan: PackPlan) -> None:
 
 
 def checkpoint(worker: Worker, pack_index: int, step: int, active: list[str], telemetry: list[Telemetry],
-               metrics: dict) -> None:
+               metrics: dict, stopper: EarlyStopper | None = None) -> None:
     """Every rank saves its DeepSpeed state (frozen weights excluded); rank 0 adds where the run is
-    (`progress.json`: pack, step, the pack's concepts and their telemetry). Ray merges the ranks' folders."""
+    (`progress.json`: pack, step, the pack's concepts and their telemetry; with early stopping its
+    records, and its best-check tokens in `early_stop_tokens.pt`). Ray merges the ranks' folders."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
@@ -347,6 +415,9 @@ def checkpoint(worker: Worker, pack_index: int, step: int, active: list[str], te
         if worker.rank == 0:
             progress = {"pack_index": pack_index, "step": step, "active": active,
                         "telemetry": [t.to_dict() for t in telemetry]}
+            if stopper is not None:
+                progress["early_stop"] = stopper.state()
+                torch.save(stopper.best_tokens, Path(d) / EARLY_STOP_FILE)
             (Path(d) / PROGRESS_FILE).write_text(json.dumps(progress))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     worker.last_report = time.time()

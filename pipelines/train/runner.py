@@ -122,8 +122,27 @@ class PackRunner:
             init_pack_concepts(fresh, self.bundle, pools, [c.class_word for c in concepts], self.recipe, cache=self.builder.cache)
         for slot, tensors in (warm_tokens or {}).items():
             fresh.load_concept(slot, tensors)
+        self._write(fresh)
+
+    @torch.no_grad()
+    def load_concepts(self, tensors: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Put `tensors` (slot -> a concept's tensors) into the bank, the other slots unchanged: early
+        stopping's best-check tokens at the end of a pack. Every rank calls this (collectives under ZeRO-3)."""
+        if not tensors:
+            return
+        current = ConceptBank(self.bank.num_concepts, self.bank.hidden_size, self.bank.vocab_size,
+                              self.recipe.num_und_tokens, self.recipe.num_gen_tokens, mode=self.recipe.mode)
         for name, param in self.bank.named_parameters():
-            value = getattr(fresh, name).to(device=param.device, dtype=param.dtype)
+            with self._whole(param):
+                getattr(current, name).data.copy_(param.data.detach().float().cpu())
+        for slot, values in tensors.items():
+            current.load_concept(slot, values)
+        self._write(current)
+
+    def _write(self, source: ConceptBank) -> None:
+        """The bank's values (and ZeRO's fp32 master copies) from `source`, a CPU bank of the same shape."""
+        for name, param in self.bank.named_parameters():
+            value = getattr(source, name).to(device=param.device, dtype=param.dtype)
             with self._whole(param, modify=True):
                 param.data.copy_(value)
             if self.zero_stage > 0:
@@ -200,8 +219,11 @@ def _artifact_path(artifact_root: str, concept: TrainConcept) -> str:
 
 
 def export_artifact(fs, artifact_root: str, concept: TrainConcept, tensors: dict, recipe_hash: str, base_model_id: str,
-                    base_fingerprint: str, telemetry: Telemetry, mode: str) -> str:
-    """Write `<root>/<concept.subpath>/` (temp keys then final keys, manifest last)."""
+                    base_fingerprint: str, telemetry: Telemetry, mode: str, early_stop: dict | None = None) -> str:
+    """Write `<root>/<concept.subpath>/` (temp keys then final keys, manifest last).
+
+    `early_stop` (`train.early_stopping` on): the concept's record (`ConceptStop.summary` and its
+    number of held-out examples) for the manifest."""
     if (recipe_hash, base_fingerprint) != (concept.recipe_hash, concept.base_fingerprint):
         raise ValueError(f"{concept.id.key} was planned for recipe {concept.recipe_hash} on base {concept.base_fingerprint}, "
                          f"but trained with recipe {recipe_hash} on base {base_fingerprint}")
@@ -219,6 +241,8 @@ def export_artifact(fs, artifact_root: str, concept: TrainConcept, tensors: dict
             **{f"final_loss_{k}": float(v) for k, v in final.items()},
             **({"first_batch_loss_before": telemetry.first_batch_before} if telemetry.first_batch_before is not None else {}),
             **({"first_batch_loss_after": telemetry.first_batch_after} if telemetry.first_batch_after is not None else {}),
+            **({"early_stop_best_heldout_loss": early_stop["best_heldout_loss"]}
+               if early_stop and early_stop.get("best_heldout_loss") is not None else {}),
         },
         extra={
             "telemetry": {"steps": telemetry.steps, "samples": telemetry.samples, "wall_seconds": round(telemetry.seconds, 3)},
@@ -226,6 +250,7 @@ def export_artifact(fs, artifact_root: str, concept: TrainConcept, tensors: dict
             "loss_history": {k: [v if v is None or k == "step" else round(v, 6) for v in column]
                              for k, column in telemetry.history.items()},
             **({"warm_start_from": concept.warm_start} if concept.warm_start else {}),
+            **({"early_stopping": early_stop} if early_stop is not None else {}),
         },
     )
     art = ConceptArtifact(**tensors, manifest=manifest, mode=mode)

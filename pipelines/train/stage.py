@@ -103,7 +103,7 @@ def run_training(
         job_id=job_id, run_uri=join(run_storage_uri, name), model_uri=model_uri, examples_uri=examples_uri,
         artifact_root=artifact_root, storage=storage, packs=packs, train_keys=[c.id.key for c in todo],
         pack_size=pack_size, recipe=cfg.recipe, result_hash=cfg.result_hash(), deepspeed=cfg.deepspeed, checkpoint_every=cfg.checkpoint_every,
-        progress_interval_s=cfg.progress_interval_s,
+        progress_interval_s=cfg.progress_interval_s, early_stopping=cfg.early_stopping,
         faults=faults or [], exclude_epochs=exclude_epochs or [],
     )
     log.info("[train] run %s: %d of %d planned concepts to train in %d packs of <= %d; starting %d workers (ZeRO-%d)",
