@@ -17,6 +17,8 @@ worker loop in this run, 2 after one restart, ...), `pid` and `host`, plus by ki
     fault       an injected fault (`pipelines.train.faults`), just before the process exits
     zero        ZeRO-3 only, each rank once per attempt after its first trained pack: how the
                 backbone's parameters are partitioned (`runner.zero3_partitioning`)
+    early_stop  rank 0, when `train.early_stopping` stops a concept: concept, pack_index and its
+                record (`omnipersona.training.ConceptStop.summary`)
 
 `read_run_log(run_uri, storage, kind)` returns one kind's records in time order.
 """
