@@ -131,17 +131,21 @@ def evaluate_row(bundle, bank, concepts, eval_sets, probe, args, replay: bool, p
     return {c.name: evaluate_concept(persona, es, probe, replay=replay) for c, es in zip(concepts, eval_sets)}
 
 
-def intervals(per_concept: dict[str, dict[str, float]]) -> dict[str, tuple[float, float, float]]:
+EDIT_PARTS = (("edit_applied", "applied"), ("edit_kept", "kept"), ("edit_score", "Edit"))
+
+
+def intervals(per_concept: dict[str, dict[str, float]], columns=COLUMNS) -> dict[str, tuple[float, float, float]]:
     """(mean, lo, hi) of every column a row reports (a column no concept reports is left out)."""
     out = {}
-    for key, _ in COLUMNS:
+    for key, _ in columns:
         values = [m[key] for m in per_concept.values() if key in m]
         if values:
             out[key] = bootstrap_interval(values, **BOOTSTRAP)
     return out
 
 
-def paired_differences(per_row: dict[str, dict[str, dict[str, float]]], reference: str = REFERENCE) -> dict[str, dict[str, tuple[float, float, float]]]:
+def paired_differences(per_row: dict[str, dict[str, dict[str, float]]], reference: str = REFERENCE,
+                       columns=COLUMNS) -> dict[str, dict[str, tuple[float, float, float]]]:
     """Each row minus the reference row, concept by concept, with bootstrap intervals of the mean
     difference: resampling pairs removes the spread that concepts share between rows."""
     if reference not in per_row:
@@ -152,7 +156,7 @@ def paired_differences(per_row: dict[str, dict[str, dict[str, float]]], referenc
         if name == reference:
             continue
         out[name] = {}
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             diffs = [pc[c][key] - ref[c][key] for c in pc if key in pc[c] and key in ref.get(c, {})]
             if diffs:
                 out[name][key] = bootstrap_interval(diffs, **BOOTSTRAP)
@@ -177,12 +181,56 @@ def format_table(rows: dict[str, dict[str, tuple[float, float, float]]], timings
     return "\n".join(lines)
 
 
-def format_differences(diffs: dict[str, dict[str, tuple[float, float, float]]]) -> str:
-    header = f"| Row - {REFERENCE} | " + " | ".join(title for _, title in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+def format_differences(diffs: dict[str, dict[str, tuple[float, float, float]]], reference: str = REFERENCE, columns=COLUMNS) -> str:
+    header = f"| Row - {reference} | " + " | ".join(title for _, title in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
     for name, cols in diffs.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(cols.get(key), signed=True) for key, _ in COLUMNS) + " |")
+        if cols:
+            lines.append(f"| {name} | " + " | ".join(_cell(cols.get(key), signed=True) for key, _ in columns) + " |")
     return "\n".join(lines)
+
+
+def edit_breakdown(per_row: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Edit split into its two halves (applied: the instruction happened; kept: what should stay
+    did), and each row's paired Edit difference to the no-op edit, the score of changing nothing."""
+    lines = ["| Row | " + " | ".join(t for _, t in EDIT_PARTS) + " | Edit - no-op edit |", "|" + "---|" * (len(EDIT_PARTS) + 2)]
+    floor = paired_differences(per_row, "no-op edit", EDIT_PARTS[-1:]) if "no-op edit" in per_row else {}
+    for name, pc in per_row.items():
+        cols = intervals(pc, EDIT_PARTS)
+        if cols:
+            lines.append(f"| {name} | " + " | ".join(_cell(cols.get(k)) for k, _ in EDIT_PARTS)
+                         + f" | {_cell(floor.get(name, {}).get('edit_score'), signed=True)} |")
+    return "\n".join(lines)
+
+
+def print_tables(per_row, timings, gate_passes) -> None:
+    print(format_table({n: intervals(pc) for n, pc in per_row.items()}, timings, gate_passes))
+    diffs = paired_differences(per_row)
+    if diffs:
+        print()
+        print(format_differences(diffs))
+    if any(intervals(pc, EDIT_PARTS) for pc in per_row.values()):
+        print()
+        print(edit_breakdown(per_row))
+
+
+def pooled(paths: list[str]) -> tuple[dict, dict, dict, list[str]]:
+    """The rows of saved runs (--json files) as one run: concepts named split/name, so the same
+    name drawn by two splits stays two concepts; a row missing from a run is left out."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    splits = [r["args"]["split"] for r in runs]
+    if len(set(splits)) < len(splits):
+        raise SystemExit(f"--tables pools concepts of different splits; these runs repeat one: {splits}")
+    titles = [t for t in runs[0]["per_concept"] if all(t in r["per_concept"] for r in runs)]
+    per_row = {t: {f"{r['args']['split']}/{c}": m for r in runs for c, m in r["per_concept"][t].items()} for t in titles}
+    timings = {t: sum(r["timings"].get(t, 0) for r in runs) for t in titles}
+    gates = {}
+    for t in titles:
+        if all(t in r["gate_passes"] for r in runs):
+            passed = [tuple(map(int, r["gate_passes"][t].split("/"))) for r in runs]
+            gates[t] = f"{sum(a for a, _ in passed)}/{sum(b for _, b in passed)}"
+    splits = [f"{r['args']['split']} ({len(r['concepts'])} concepts, seed {SPLIT_SEEDS[r['args']['split']]})" for r in runs]
+    return per_row, timings, gates, splits
 
 
 def parser() -> argparse.ArgumentParser:
@@ -203,12 +251,19 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--base", default=None, help="a BAGEL checkpoint folder (default: the cached world base)")
     ap.add_argument("--json", default=None, help="also write the per-concept metrics here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
+                    help="run nothing: print the tables of saved --json runs (several: their concepts pooled)")
     return ap
 
 
 def main(argv=None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
+    if args.tables:
+        per_row, timings, gates, splits = pooled(args.tables)
+        print("concepts of " + ", ".join(splits))
+        print_tables(per_row, timings, gates)
+        return 0
     torch.set_num_threads(args.threads)
     start = time.time()
 
@@ -261,12 +316,9 @@ def main(argv=None) -> int:
               + " ".join(f"{k}={summary[k]:.3f}" for k, _ in COLUMNS if k in summary), flush=True)
         report()
 
-    result = report()
+    report()
     print()
-    print(format_table({n: {k: tuple(v) for k, v in cols.items()} for n, cols in result["table"].items()}, timings, gate_passes))
-    if result["differences"]:
-        print()
-        print(format_differences({n: {k: tuple(v) for k, v in cols.items()} for n, cols in result["differences"].items()}))
+    print_tables(per_row, timings, gate_passes)
     print(f"\n{len(concepts)} held-out concepts ({args.split} split, seed {SPLIT_SEEDS[args.split]}), "
           f"{args.steps} steps x batch {args.batch_size} per concept, lr {args.lr}; cells: mean [95% bootstrap interval over "
           f"concepts, {BOOTSTRAP['resamples']} resamples]; total wall time {time.time() - start:.0f}s")

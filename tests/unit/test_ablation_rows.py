@@ -5,7 +5,8 @@ Break-it checks, done once by hand: with the profile left out of `Persona._conte
 prefill), `test_profile_reaches_batched_and_single_requests` failed (batched yes-probabilities
 equal to the profile-free ones); with `plain_names` still prefilling the system prompt,
 `test_plain_names_use_no_concept_tokens` failed; with `unchanged_edit_metrics` judging the
-eval set's views instead of its edit sources, `test_noop_edit_judges_the_unchanged_sources` failed.
+eval set's views instead of its edit sources, `test_noop_edit_judges_the_unchanged_sources` failed; with saved runs pooled by concept name alone
+(dev's oscar overwriting dev2's), `test_saved_runs_pool_by_split_and_the_edit_breakdown_reads_the_floor` failed.
 """
 import numpy as np
 import pytest
@@ -152,3 +153,28 @@ def test_table_cells_and_paired_differences():
     assert set(diffs) == {"no-op edit"}
     m, lo, hi = diffs["no-op edit"]["edit_score"]
     assert m == pytest.approx(0.0) and lo == pytest.approx(-0.05) and hi == pytest.approx(0.05)
+
+
+def _saved(tmp_path, split, per_concept):
+    path = tmp_path / f"{split}.json"
+    path.write_text(__import__("json").dumps({
+        "args": {"split": split}, "concepts": sorted({c for pc in per_concept.values() for c in pc}),
+        "per_concept": per_concept, "timings": {t: 1.0 for t in per_concept}, "gate_passes": {"OmniPersona": "1/2"}}))
+    return str(path)
+
+
+def test_saved_runs_pool_by_split_and_the_edit_breakdown_reads_the_floor(tmp_path):
+    edit = lambda a, k: {"edit_applied": a, "edit_kept": k, "edit_score": (a + k) / 2}  # noqa: E731
+    dev = _saved(tmp_path, "dev", {"OmniPersona": {"oscar": edit(1.0, 0.2), "theo": edit(0.5, 0.5)},
+                                   "no-op edit": {"oscar": edit(0.0, 1.0), "theo": edit(0.0, 1.0)}})
+    dev2 = _saved(tmp_path, "dev2", {"OmniPersona": {"oscar": edit(0.0, 0.4), "wynn": edit(0.5, 0.5)},
+                                     "no-op edit": {"oscar": edit(0.0, 0.8), "wynn": edit(0.0, 1.0)}})
+    per_row, timings, gates, _ = ablations.pooled([dev, dev2])
+    assert sorted(per_row["OmniPersona"]) == ["dev/oscar", "dev/theo", "dev2/oscar", "dev2/wynn"]  # oscar twice: two concepts
+    assert gates["OmniPersona"] == "2/4" and timings["no-op edit"] == 2.0
+    text = ablations.edit_breakdown(per_row)
+    omni = next(line for line in text.splitlines() if line.startswith("| OmniPersona"))
+    # applied 0.5, kept 0.4, Edit 0.45; minus the no-op's per concept: (0.1 + 0 - 0.2 + 0) / 4
+    assert "0.500 [" in omni and "0.400 [" in omni and "0.450 [" in omni and "-0.025 [" in omni
+    with pytest.raises(SystemExit):
+        ablations.pooled([dev, dev])
