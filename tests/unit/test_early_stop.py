@@ -4,7 +4,8 @@ and a pack in which one concept stops while the other goes on.
 Break-checked by hand: with `PackTrainer._share` ignoring `stopped` (the stopped concept's examples
 kept in the steps) `test_a_stopped_concept_leaves_the_steps...` failed (its losses after the stop);
 with `train_pack` not loading the best check's tokens back it failed on the tokens; with a rank that
-has no held-out example counting its stand-in at weight 1 the ranks test failed."""
+has no held-out example counting its stand-in at weight 1 the ranks test failed; with result_hash
+ignoring the option the identity test failed."""
 from __future__ import annotations
 
 import math
@@ -155,6 +156,23 @@ def test_held_out_pools_must_match_the_pack(tiny_bagel):
     with pytest.raises(ValueError, match="one held-out pool"):
         train_pack(tiny_bagel, new_bank(tiny_bagel, 2), [pool("t/a", 0), pool("t/b", 1)], cfg,
                    stopper=EarlyStopper(StopRule(), 2, 2), heldout=[None])
+
+
+def test_the_settings_are_part_of_a_trained_concepts_identity_only_when_enabled():
+    from omnipersona.concepts.artifact import config_hash
+    from pipelines.train.config import TrainStageConfig
+
+    plain = TrainStageConfig()
+    assert plain.result_hash() == config_hash(plain.recipe)
+    assert TrainStageConfig(early_stopping={"patience": 9}).result_hash() == plain.result_hash()  # off: no change
+    on = TrainStageConfig(early_stopping={"enabled": True})
+    assert on.result_hash() != plain.result_hash()
+    assert TrainStageConfig(early_stopping={"enabled": True, "patience": 9}).result_hash() != on.result_hash()
+    # Warm start alone keeps the hash it had before early stopping existed.
+    warm = TrainStageConfig(warm_start=True)
+    assert warm.result_hash() == config_hash({"recipe": warm.recipe.model_dump(mode="json"), "warm_start": True})
+    assert TrainStageConfig(warm_start=True, early_stopping={"enabled": True}).result_hash() not in (
+        warm.result_hash(), on.result_hash())
 
 
 def test_concept_example_seed_field_is_kept():  # heldout_examples sets the seed; ConceptExample must carry it
