@@ -158,6 +158,23 @@ class JobConfig(BaseSettings):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _one_size_per_picture_kind(self) -> "JobConfig":
+        """Ingest prepares the pictures at `ingest.vit_size` / `vae_size`; training builds its samples at
+        the recipe's. A recipe that names no size takes ingest's; one that names another is refused
+        (the deployed config once trained a 7B base on 64 px samples of 224 / 512 px pictures)."""
+        recipe = self.train.recipe
+        sizes = ("vit_size", "vae_size")
+        inherited = {f: getattr(self.ingest, f) for f in sizes if f not in recipe.model_fields_set}
+        if inherited:
+            self.train.recipe = recipe = recipe.model_copy(update=inherited)
+        clashes = [f"train.recipe.{f} is {getattr(recipe, f)} but ingest.{f} is {getattr(self.ingest, f)}"
+                   for f in sizes if getattr(recipe, f) != getattr(self.ingest, f)]
+        if clashes:
+            raise ValueError("; ".join(clashes) + ": training would resize every picture ingest prepared. "
+                             "Leave train.recipe's sizes out (they follow ingest) or make them equal")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

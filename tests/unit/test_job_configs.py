@@ -80,3 +80,21 @@ def test_a_broken_job_config_is_refused():
     message = str(err.value)
     for field in ("uploads_uri", "base_model", "train.steps", "ingest", "model", "artifacts"):
         assert field in message, (field, message)
+
+
+@pytest.mark.parametrize("where,data", CONFIGMAPS + DOCS, ids=[w for w, _ in CONFIGMAPS + DOCS])
+def test_shipped_configs_train_at_the_size_ingest_prepares(where, data):
+    """The ConfigMap once left the recipe's sizes out: the 7B base would have trained on 64 px
+    samples (the recipe's default) of the 224 / 512 px pictures ingest prepared. Without
+    `_one_size_per_picture_kind` this fails for the ConfigMap (64 != 224)."""
+    cfg = JobConfig(**data)
+    assert (cfg.train.recipe.vit_size, cfg.train.recipe.vae_size) == (cfg.ingest.vit_size, cfg.ingest.vae_size)
+
+
+def test_a_recipe_size_other_than_ingests_is_refused():
+    data = {"ingest": {"uploads_uri": "s3://b/u", "vit_size": 224, "vae_size": 512}, "model": {"uri": "tiny"},
+            "train": {"recipe": {"vit_size": 64}}, "artifacts": {"root": "s3://b/c"}, "mlflow": {"tracking_uri": "http://m"}}
+    with pytest.raises(ValueError, match=r"train.recipe.vit_size is 64 but ingest.vit_size is 224"):
+        JobConfig(**data)
+    data["train"]["recipe"]["vit_size"] = 224  # equal sizes, or none at all, are fine
+    assert JobConfig(**data).train.recipe.vae_size == 512
