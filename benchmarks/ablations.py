@@ -214,14 +214,30 @@ def print_tables(per_row, timings, gate_passes) -> None:
         print(edit_breakdown(per_row))
 
 
+def _merged_by_split(runs: list[dict]) -> list[dict]:
+    """Saved runs of one split and the same concepts as one run with all their rows: a split's rows
+    may run as several processes (--rows ...), each bank seeded alike, to use more than one core."""
+    by_split: dict[str, dict] = {}
+    for r in runs:
+        split = r["args"]["split"]
+        if split not in by_split:
+            by_split[split] = {**r, "per_concept": dict(r["per_concept"]), "timings": dict(r["timings"]), "gate_passes": dict(r["gate_passes"])}
+            continue
+        into = by_split[split]
+        twice = sorted(set(into["per_concept"]) & set(r["per_concept"]))
+        if r["concepts"] != into["concepts"] or twice:
+            raise SystemExit(f"--tables: two runs of split {split} with other concepts or the same rows {twice}")
+        for key in ("per_concept", "timings", "gate_passes"):
+            into[key].update(r[key])
+    return list(by_split.values())
+
+
 def pooled(paths: list[str]) -> tuple[dict, dict, dict, list[str]]:
-    """The rows of saved runs (--json files) as one run: concepts named split/name, so the same
-    name drawn by two splits stays two concepts; a row missing from a run is left out."""
-    runs = [json.loads(Path(p).read_text()) for p in paths]
-    splits = [r["args"]["split"] for r in runs]
-    if len(set(splits)) < len(splits):
-        raise SystemExit(f"--tables pools concepts of different splits; these runs repeat one: {splits}")
-    titles = [t for t in runs[0]["per_concept"] if all(t in r["per_concept"] for r in runs)]
+    """The rows of saved runs (--json files) as one run. Runs of the same split join their rows;
+    runs of different splits pool their concepts, named split/name, so the same name drawn by two
+    splits stays two concepts. A row missing from a split is left out."""
+    runs = _merged_by_split([json.loads(Path(p).read_text()) for p in paths])
+    titles = [row.title for row in ROWS if all(row.title in r["per_concept"] for r in runs)]
     per_row = {t: {f"{r['args']['split']}/{c}": m for r in runs for c, m in r["per_concept"][t].items()} for t in titles}
     timings = {t: sum(r["timings"].get(t, 0) for r in runs) for t in titles}
     gates = {}

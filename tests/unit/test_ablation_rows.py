@@ -177,4 +177,15 @@ def test_saved_runs_pool_by_split_and_the_edit_breakdown_reads_the_floor(tmp_pat
     # applied 0.5, kept 0.4, Edit 0.45; minus the no-op's per concept: (0.1 + 0 - 0.2 + 0) / 4
     assert "0.500 [" in omni and "0.400 [" in omni and "0.450 [" in omni and "-0.025 [" in omni
     with pytest.raises(SystemExit):
-        ablations.pooled([dev, dev])
+        ablations.pooled([dev, dev])  # the same rows of one split twice
+
+
+def test_runs_of_one_split_join_their_rows(tmp_path):
+    one = {"a": {"edit_score": 0.5}, "b": {"edit_score": 0.7}}
+    (tmp_path / "other").mkdir()  # two files of one split
+    first = _saved(tmp_path / "other", "test", {"OmniPersona": one})
+    second = _saved(tmp_path, "test", {"no-op edit": {"a": {"edit_score": 0.4}, "b": {"edit_score": 0.4}}})
+    per_row, _, gates, splits = ablations.pooled([second, first])
+    assert list(per_row) == ["no-op edit", "OmniPersona"]  # the table's order, whichever file came first
+    assert per_row["OmniPersona"] == {"test/a": one["a"], "test/b": one["b"]} and gates["OmniPersona"] == "1/2"
+    assert len(splits) == 1
