@@ -8,10 +8,25 @@ boolean `gen_mask` (True = generation expert). Routing is positional and given b
 Attention is described by `AttentionSpec`: either per-sample dense masks (training packs) or
 "each row attends to its own whole KV cache, causal / full among its new tokens" (inference with
 caches, one per row of a batch).
+
+Two switches on `Qwen2MoTModel` (issue 19), both exact (same values within fp32 rounding):
+- `attention_impl`, how a training pack's samples attend (`AttentionSpec.impl` overrides it per call):
+  "padded" (default): ONE SDPA call per layer over all samples, each padded to the pack's longest
+  sample (batch dimension = samples, each with its own [L, L] mask). Attention work and mask memory
+  are samples x longest^2, not pack^2: no cross-sample waste except the padding.
+  "flex": ONE `flex_attention` call per layer over the whole pack (no padding) with a block mask
+  built from each token's sample and the samples' own masks; blocks with no allowed pair are
+  skipped. The right shape for a GPU (compiled there); on CPU torch runs it eagerly through a dense
+  [heads, pack, pack] score matrix, so it is the slowest choice on CPU.
+  "loop": one SDPA call per sample, the reference the others are tested against.
+- `expert_order` (default True): a pack's tokens are sorted by expert once per forward (understanding
+  rows, then generation rows, each in pack order), every norm / projection / MLP then runs on one
+  contiguous slice per expert, and the order is undone once at the end. False: the reference, which
+  gathers and scatters rows around every module (`_route` with a boolean mask).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +36,36 @@ from .config import LLMConfig
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
 
 
-def _route(x: torch.Tensor, gen_mask: torch.Tensor | None, und_fn, gen_fn):
+ATTENTION_IMPLS = ("padded", "flex", "loop")
+
+
+class ExpertOrder:
+    """A pack's tokens sorted by expert: understanding rows first, then generation rows, each group
+    in pack order. `order[i]` is the pack position of stream row i; `inverse[p]` the stream row of
+    pack position p; `sizes` = [understanding rows, generation rows]."""
+
+    def __init__(self, gen_mask: torch.Tensor):
+        self.order = torch.argsort(gen_mask.to(torch.int8), stable=True)
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(self.order.numel(), device=self.order.device)
+        n_gen = int(gen_mask.sum())
+        self.sizes = [gen_mask.numel() - n_gen, n_gen]
+
+
+def _route(x: torch.Tensor, gen_mask, und_fn, gen_fn):
     """Apply `und_fn` to understanding tokens and `gen_fn` to generation tokens (row-wise).
 
-    With a mask, both experts are always called (possibly on zero rows): every rank of a sharded
-    (ZeRO-3) run then makes the same module calls, whatever tokens its share holds.
+    `gen_mask` is None (all understanding), a boolean mask over rows in pack order (the reference:
+    gather each expert's rows, scatter the results back), or an `ExpertOrder` (rows already sorted
+    by expert: each expert runs on its contiguous slice, no gather or scatter).
+    With a mask or an order, both experts are always called (possibly on zero rows): every rank of
+    a sharded (ZeRO-3) run then makes the same module calls, whatever tokens its share holds.
     """
     if gen_mask is None:
         return und_fn(x)
+    if isinstance(gen_mask, ExpertOrder):
+        und, gen = x.split(gen_mask.sizes)  # split, not slices: one backward (see _packed_attention)
+        return torch.cat([und_fn(und), gen_fn(gen)], dim=0)
     und_idx = (~gen_mask).nonzero(as_tuple=True)[0]
     gen_idx = gen_mask.nonzero(as_tuple=True)[0]
     und_out = und_fn(x[und_idx])
@@ -68,6 +105,10 @@ class AttentionSpec:
       `causal` (or fully) among themselves; `update_cache` appends each row's new keys/values to
       its cache (False for denoising steps that must not grow the prefix). Rows that update need
       distinct caches; rows that only read may share one.
+
+    `impl` (training packs): one of `ATTENTION_IMPLS`; None = the model's `attention_impl`. The
+    index tensors and masks an impl needs are built once per spec (i.e. once per forward, shared by
+    every layer) and kept in `_layouts`.
     """
 
     sample_lens: list[int] | None = None
@@ -75,6 +116,80 @@ class AttentionSpec:
     caches: list[KVCache] | None = None
     causal: bool = True
     update_cache: bool = True
+    impl: str | None = None
+    _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def layout(self, impl: str, order: "ExpertOrder | None", device) -> dict:
+        """What `impl` needs for this pack with rows in `order` (None: pack order), built once."""
+        key = (impl, id(order))
+        hit = self._layouts.get(key)
+        if hit is not None and hit[0] is order:
+            return hit[1]
+        build = {"padded": _padded_layout, "flex": _flex_layout}[impl]
+        built = build([int(n) for n in self.sample_lens], self.masks, order, device)
+        self._layouts[key] = (order, built)
+        return built
+
+
+def _padded_layout(lens: list[int], masks, order: ExpertOrder | None, device) -> dict:
+    """Gather/scatter indices between the token stream and [samples, longest] plus the padded masks.
+
+    A padding row attends to itself only (its output is never read back), so no softmax is empty.
+    With an expert order the stream is in that order: the indices absorb it (no extra copies)."""
+    b, longest, n = len(lens), max(lens), sum(lens)
+    lens_t = torch.tensor(lens, device=device)
+    starts = torch.cumsum(lens_t, 0) - lens_t
+    j = torch.arange(longest, device=device)
+    valid = j[None, :] < lens_t[:, None]  # [b, longest]
+    pack_pos = torch.where(valid, starts[:, None] + j[None, :], 0)
+    stream = pack_pos if order is None else order.inverse[pack_pos]
+    mask = torch.eye(longest, dtype=torch.bool, device=device).repeat(b, 1, 1)
+    for i, (m, length) in enumerate(zip(masks, lens)):
+        mask[i, :length, :length] = m
+    # flat padded slot of each pack position, then of each stream row
+    flat_of_pack = (torch.arange(b, device=device)[:, None] * longest + j[None, :])[valid]
+    back = flat_of_pack if order is None else flat_of_pack[order.order]
+    assert back.numel() == n
+    return {"gather": stream.reshape(-1), "back": back, "mask": mask[:, None], "shape": (b, longest)}
+
+
+def _flex_layout(lens: list[int], masks, order: ExpertOrder | None, device) -> dict:
+    """The block mask of the whole pack (pack order): token q may see token k iff both belong to the
+    same sample s and masks[s][q - start_s, k - start_s]; looked up in the samples' own masks."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    n = sum(lens)
+    lens_t = torch.tensor(lens, device=device)
+    starts = torch.cumsum(lens_t, 0) - lens_t
+    sample = torch.repeat_interleave(torch.arange(len(lens), device=device), lens_t)
+    local = torch.arange(n, device=device) - starts[sample]
+    flat = torch.cat([m.to(device=device, dtype=torch.bool).reshape(-1) for m in masks])
+    sizes = lens_t * lens_t
+    base = torch.cumsum(sizes, 0) - sizes
+    last = flat.numel() - 1
+
+    def mask_mod(b, h, q, k):
+        s = sample[q]
+        idx = (base[s] + local[q] * lens_t[s] + local[k]).clamp(0, last)
+        return (s == sample[k]) & flat[idx]
+
+    block = create_block_mask(mask_mod, None, None, n, n, device=device)
+    return {"block_mask": block}
+
+
+_compiled_flex = None
+
+
+def _flex_attention(q, k, v, block_mask):
+    """flex_attention, compiled on GPU (its fused, block-sparse kernel); eager elsewhere."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.is_cuda:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=True)
+        return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=True)
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
 
 
 class MoTAttention(nn.Module):
@@ -105,6 +220,8 @@ class MoTAttention(nn.Module):
         return torch.cat([q.flatten(1), k.flatten(1), v.flatten(1)], dim=-1)
 
     def forward(self, x, gen_mask, cos, sin, spec: AttentionSpec) -> torch.Tensor:
+        """`x` rows in pack order (`gen_mask` a bool mask or None) or in expert order (`gen_mask` an
+        `ExpertOrder`); the output rows are in the same order as `x`'s."""
         n = x.shape[0]
         qkv = _route(x, gen_mask, lambda t: self._qkv(t, False), lambda t: self._qkv(t, True))
         hq, hkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -113,10 +230,23 @@ class MoTAttention(nn.Module):
         v = qkv[:, hq + hkv :].view(n, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if spec.caches is None:
-            out = self._packed_attention(q, k, v, spec)
+        order = gen_mask if isinstance(gen_mask, ExpertOrder) else None
+        impl = spec.impl or "padded"
+        if spec.caches is None and impl == "padded":
+            out = self._padded_attention(q, k, v, spec, order)  # takes the expert order in its indices
         else:
-            out = self._cached_attention(q, k, v, spec)
+            if order is not None:  # back to pack order for the per-sample / per-row paths
+                q, k, v = q[order.inverse], k[order.inverse], v[order.inverse]
+            if spec.caches is not None:
+                out = self._cached_attention(q, k, v, spec)
+            elif impl == "flex":
+                out = self._flex_packed_attention(q, k, v, spec)
+            elif impl == "loop":
+                out = self._packed_attention(q, k, v, spec)
+            else:
+                raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")
+            if order is not None:
+                out = out[order.order]
         out = out.reshape(n, hq)
         return _route(out, gen_mask, self.o_proj, self.o_proj_moe_gen)
 
@@ -136,6 +266,24 @@ class MoTAttention(nn.Module):
         lens = [int(n) for n in spec.sample_lens]
         parts = zip(q.split(lens), k.split(lens), v.split(lens), spec.masks)
         return torch.cat([self._sdpa(qs, ks, vs, mask=m) for qs, ks, vs, m in parts], dim=0)
+
+    def _padded_attention(self, q, k, v, spec: AttentionSpec, order: ExpertOrder | None):
+        """All samples of the pack in ONE SDPA call: [samples, heads, longest, head_dim], each sample
+        with its own mask (padding rows see only themselves and are dropped on the way back)."""
+        lay = spec.layout("padded", order, q.device)
+        b, longest = lay["shape"]
+        groups = self.num_heads // self.num_kv_heads
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+        q, k, v = (t[lay["gather"]].view(b, longest, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=lay["mask"])
+        return o.transpose(1, 2).reshape(b * longest, self.num_heads, self.head_dim)[lay["back"]]
+
+    def _flex_packed_attention(self, q, k, v, spec: AttentionSpec):
+        """The whole pack (pack order) in ONE flex_attention call with the pack's block mask."""
+        lay = spec.layout("flex", None, q.device)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        return _flex_attention(q, k, v, lay["block_mask"]).squeeze(0).transpose(0, 1)
 
     def _cached_attention(self, q, k, v, spec: AttentionSpec):
         lens = [int(n) for n in spec.sample_lens]
@@ -198,11 +346,25 @@ class Qwen2MoTModel(nn.Module):
         self.norm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
+        # The two switches of issue 19 (see the module docstring); both defaults are the fast paths.
+        self.attention_impl = "padded"
+        self.expert_order = True
+
     def forward(self, x, position_ids, gen_mask, spec: AttentionSpec) -> torch.Tensor:
         cos, sin = self.rotary_emb(position_ids, x.dtype)
+        if spec.impl is None:
+            spec = replace(spec, impl=self.attention_impl)
+        if spec.impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention impl {spec.impl!r}; expected one of {ATTENTION_IMPLS}")
+        route = gen_mask
+        if self.expert_order and gen_mask is not None:
+            # Sort rows by expert once; every layer then works on two contiguous slices.
+            route = ExpertOrder(gen_mask)
+            x, cos, sin = x[route.order], cos[route.order], sin[route.order]
         for layer in self.layers:
-            x = layer(x, gen_mask, cos, sin, spec)
-        return _route(x, gen_mask, self.norm, self.norm_moe_gen)
+            x = layer(x, route, cos, sin, spec)
+        x = _route(x, route, self.norm, self.norm_moe_gen)
+        return x[route.inverse] if isinstance(route, ExpertOrder) else x
 
 
 class Qwen2MoTForCausalLM(nn.Module):
