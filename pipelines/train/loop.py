@@ -249,7 +249,7 @@ def plan_pack(worker: Worker, index: int, pack: list[TrainConcept], resume: Resu
             return None
         telemetry = [Telemetry.from_dict(t) for t in resume.telemetry] or [Telemetry() for _ in concepts]
         plan = PackPlan(index, concepts, resume.step, telemetry, export)
-        if resume.early_stop is not None and plan_stopper(worker, plan):
+        if plan_stopper(worker, plan) and resume.early_stop is not None:
             plan.stopper.load_state(resume.early_stop)
             plan.stopper.best_tokens = {int(k): v for k, v in (resume.early_stop_tokens or {}).items()}
         return plan
