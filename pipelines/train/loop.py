@@ -100,7 +100,7 @@ class PackPlan:
     start: int
     telemetry: list[Telemetry]
     export: list[bool]
-    stopper: EarlyStopper | None = None  # `train.early_stopping` on (`start_stopper`)
+    stopper: EarlyStopper | None = None  # `train.early_stopping` on (`plan_stopper`)
     heldout: list = field(default_factory=list)  # the held-out examples it checks (`heldout_examples`)
     heldout_counts: list[int] = field(default_factory=list)  # per slot
 
@@ -283,8 +283,7 @@ def plan_stopper(worker: Worker, plan: PackPlan) -> bool:
     if worker.rank == 0:
         for key, n in zip(keys, plan.heldout_counts):
             if n == 0:
-                log.warning("%s: no held-out examples (ingest.gate_holdout_every off and one ingest epoch?): "
-                            "early stopping cannot stop it", key)
+                log.warning("%s: no held-out examples: early stopping cannot stop it", key)
     return True
 
 

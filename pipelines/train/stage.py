@@ -106,6 +106,9 @@ def run_training(
         progress_interval_s=cfg.progress_interval_s, early_stopping=cfg.early_stopping,
         faults=faults or [], exclude_epochs=exclude_epochs or [],
     )
+    if cfg.early_stopping.enabled and not exclude_epochs:
+        log.warning("[train] train.early_stopping is on but no ingest epoch is held out of training "
+                    "(ingest.gate_holdout_every: 0 and one epoch): no concept has held-out examples, none will stop early")
     log.info("[train] run %s: %d of %d planned concepts to train in %d packs of <= %d; starting %d workers (ZeRO-%d)",
              name, len(todo), len(planned), len(packs), pack_size, cfg.scaling.num_workers, cfg.deepspeed.zero_stage)
     error = fit(spec, cfg, name, run_storage_uri, storage)
