@@ -11,9 +11,14 @@ caches, one per row of a batch).
 
 Two switches on `Qwen2MoTModel` (issue 19), both exact (same values within fp32 rounding):
 - `attention_impl`, how a training pack's samples attend (`AttentionSpec.impl` overrides it per call):
-  "padded" (default): ONE SDPA call per layer over all samples, each padded to the pack's longest
-  sample (batch dimension = samples, each with its own [L, L] mask). Attention work and mask memory
-  are samples x longest^2, not pack^2: no cross-sample waste except the padding.
+  "auto" (default): "padded" on a GPU, "loop" on a CPU. Measured on CPU (docs/performance.md,
+  issue 19) the per-sample loop is the faster one there: a CPU SDPA call costs almost nothing
+  beyond its arithmetic, and one call over a padded pack computes the padding too (1.6x the
+  attention area of the benchmark's pack); on a GPU the loop's cost is its many small kernels.
+  "padded": ONE SDPA call per layer over all samples, placed in rows as long as the
+  pack's longest sample (short samples share a row, first-fit decreasing), each sample with its own
+  mask block. Attention work and mask memory are rows x longest^2, not pack^2: the only waste is
+  the padding left in the rows and the blocks masked off between samples sharing a row.
   "flex": ONE `flex_attention` call per layer over the whole pack (no padding) with a block mask
   built from each token's sample and the samples' own masks; blocks with no allowed pair are
   skipped. The right shape for a GPU (compiled there); on CPU torch runs it eagerly through a dense
@@ -36,7 +41,16 @@ from .config import LLMConfig
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
 
 
-ATTENTION_IMPLS = ("padded", "flex", "loop")
+ATTENTION_IMPLS = ("auto", "padded", "flex", "loop")
+
+
+def resolve_attention_impl(impl: str | None, device: torch.device) -> str:
+    """"auto" (or None) -> "padded" on a GPU, "loop" elsewhere (see the module docstring)."""
+    if impl in (None, "auto"):
+        return "padded" if device.type == "cuda" else "loop"
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")
+    return impl
 
 
 class ExpertOrder:
@@ -132,25 +146,35 @@ class AttentionSpec:
 
 
 def _padded_layout(lens: list[int], masks, order: ExpertOrder | None, device) -> dict:
-    """Gather/scatter indices between the token stream and [samples, longest] plus the padded masks.
+    """Samples placed in rows of the longest sample's length (first-fit decreasing: short samples
+    share a row, side by side, each with its own mask block and nothing across blocks); `slots` is
+    the row-major slot each stream row goes to, `mask` [rows, 1, longest, longest].
 
-    A padding row attends to itself only (its output is never read back), so no softmax is empty.
-    With an expert order the stream is in that order: the indices absorb it (no extra copies)."""
-    b, longest, n = len(lens), max(lens), sum(lens)
+    Unused slots stay zero and attend to themselves only (their output is never read back), so no
+    softmax row is empty and no real token sees them. With an expert order the stream is in that
+    order: `slots` absorbs it (no extra copies)."""
+    longest = max(lens)
+    fill: list[int] = []  # used length of each row
+    place = [None] * len(lens)  # (row, offset) of each sample
+    for s in sorted(range(len(lens)), key=lambda i: -lens[i]):
+        row = next((r for r, used in enumerate(fill) if used + lens[s] <= longest), None)
+        if row is None:
+            row = len(fill)
+            fill.append(0)
+        place[s] = (row, fill[row])
+        fill[row] += lens[s]
+    mask = torch.eye(longest, dtype=torch.bool, device=device).repeat(len(fill), 1, 1)
+    starts = []
+    for (row, off), m, length in zip(place, masks, lens):
+        mask[row, off : off + length, off : off + length] = m
+        starts.append(row * longest + off)
     lens_t = torch.tensor(lens, device=device)
-    starts = torch.cumsum(lens_t, 0) - lens_t
-    j = torch.arange(longest, device=device)
-    valid = j[None, :] < lens_t[:, None]  # [b, longest]
-    pack_pos = torch.where(valid, starts[:, None] + j[None, :], 0)
-    stream = pack_pos if order is None else order.inverse[pack_pos]
-    mask = torch.eye(longest, dtype=torch.bool, device=device).repeat(b, 1, 1)
-    for i, (m, length) in enumerate(zip(masks, lens)):
-        mask[i, :length, :length] = m
-    # flat padded slot of each pack position, then of each stream row
-    flat_of_pack = (torch.arange(b, device=device)[:, None] * longest + j[None, :])[valid]
-    back = flat_of_pack if order is None else flat_of_pack[order.order]
-    assert back.numel() == n
-    return {"gather": stream.reshape(-1), "back": back, "mask": mask[:, None], "shape": (b, longest)}
+    first = torch.tensor(starts, device=device)
+    pack_starts = torch.cumsum(lens_t, 0) - lens_t
+    sample = torch.repeat_interleave(torch.arange(len(lens), device=device), lens_t)
+    slot_of_pack = first[sample] + torch.arange(int(lens_t.sum()), device=device) - pack_starts[sample]
+    slots = slot_of_pack if order is None else slot_of_pack.index_select(0, order.order)
+    return {"slots": slots, "mask": mask[:, None], "shape": (len(fill), longest)}
 
 
 def _flex_layout(lens: list[int], masks, order: ExpertOrder | None, device) -> dict:
@@ -231,12 +255,12 @@ class MoTAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         order = gen_mask if isinstance(gen_mask, ExpertOrder) else None
-        impl = spec.impl or "padded"
+        impl = resolve_attention_impl(spec.impl, q.device)
         if spec.caches is None and impl == "padded":
             out = self._padded_attention(q, k, v, spec, order)  # takes the expert order in its indices
         else:
             if order is not None:  # back to pack order for the per-sample / per-row paths
-                q, k, v = q[order.inverse], k[order.inverse], v[order.inverse]
+                q, k, v = (t.index_select(0, order.inverse) for t in (q, k, v))
             if spec.caches is not None:
                 out = self._cached_attention(q, k, v, spec)
             elif impl == "flex":
@@ -246,7 +270,7 @@ class MoTAttention(nn.Module):
             else:
                 raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")
             if order is not None:
-                out = out[order.order]
+                out = out.index_select(0, order.order)
         out = out.reshape(n, hq)
         return _route(out, gen_mask, self.o_proj, self.o_proj_moe_gen)
 
@@ -268,16 +292,26 @@ class MoTAttention(nn.Module):
         return torch.cat([self._sdpa(qs, ks, vs, mask=m) for qs, ks, vs, m in parts], dim=0)
 
     def _padded_attention(self, q, k, v, spec: AttentionSpec, order: ExpertOrder | None):
-        """All samples of the pack in ONE SDPA call: [samples, heads, longest, head_dim], each sample
-        with its own mask (padding rows see only themselves and are dropped on the way back)."""
+        """All samples of the pack in ONE SDPA call: [rows, heads, longest, head_dim], each sample in
+        its own mask block (unused slots see only themselves and are dropped on the way back)."""
         lay = spec.layout("padded", order, q.device)
         b, longest = lay["shape"]
+        slots = lay["slots"]
+        if ("bias", q.dtype) not in lay:  # the additive form of the masks, made once per forward
+            lay[("bias", q.dtype)] = torch.zeros(lay["mask"].shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~lay["mask"], float("-inf"))
         groups = self.num_heads // self.num_kv_heads
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-        q, k, v = (t[lay["gather"]].view(b, longest, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=lay["mask"])
-        return o.transpose(1, 2).reshape(b * longest, self.num_heads, self.head_dim)[lay["back"]]
+        # index_copy / index_select: their backwards are a gather and an index_add (no sort, no
+        # accumulate-put as advanced indexing has).
+        q, k, v = (
+            t.new_zeros((b * longest, self.num_heads, self.head_dim)).index_copy(0, slots, t)
+            .view(b, longest, self.num_heads, self.head_dim).transpose(1, 2)
+            for t in (q, k, v)
+        )
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=lay[("bias", q.dtype)])
+        return o.transpose(1, 2).reshape(b * longest, self.num_heads, self.head_dim).index_select(0, slots)
 
     def _flex_packed_attention(self, q, k, v, spec: AttentionSpec):
         """The whole pack (pack order) in ONE flex_attention call with the pack's block mask."""
@@ -347,24 +381,23 @@ class Qwen2MoTModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
         # The two switches of issue 19 (see the module docstring); both defaults are the fast paths.
-        self.attention_impl = "padded"
+        self.attention_impl = "auto"
         self.expert_order = True
 
     def forward(self, x, position_ids, gen_mask, spec: AttentionSpec) -> torch.Tensor:
         cos, sin = self.rotary_emb(position_ids, x.dtype)
-        if spec.impl is None:
-            spec = replace(spec, impl=self.attention_impl)
-        if spec.impl not in ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention impl {spec.impl!r}; expected one of {ATTENTION_IMPLS}")
+        impl = resolve_attention_impl(spec.impl or self.attention_impl, x.device)
+        if spec.impl != impl:
+            spec = replace(spec, impl=impl)
         route = gen_mask
         if self.expert_order and gen_mask is not None:
             # Sort rows by expert once; every layer then works on two contiguous slices.
             route = ExpertOrder(gen_mask)
-            x, cos, sin = x[route.order], cos[route.order], sin[route.order]
+            x, cos, sin = (t.index_select(0, route.order) for t in (x, cos, sin))
         for layer in self.layers:
             x = layer(x, route, cos, sin, spec)
         x = _route(x, route, self.norm, self.norm_moe_gen)
-        return x[route.inverse] if isinstance(route, ExpertOrder) else x
+        return x.index_select(0, route.inverse) if isinstance(route, ExpertOrder) else x
 
 
 class Qwen2MoTForCausalLM(nn.Module):
