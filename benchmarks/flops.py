@@ -16,6 +16,18 @@ torch.utils.flop_counter (attention included, see `common.flop_counter`):
 Achieved FLOP/s = step FLOPs / best-of-N step time; MFU = achieved / the best FLOP/s of a large
 fp32 matmul timed in the same run with the same thread count (the practical peak of this CPU).
 Times are the process's CPU time (one thread: what a dedicated core takes; the machine is shared).
+
+Issue 19, same run: the step (and the no-grad forward) timed with the decoder's two switches
+(`Qwen2MoTModel.attention_impl`, `.expert_order`, see omnipersona/model/llm.py), variants
+interleaved repeat by repeat, best of `--repeats` each:
+  before    per-sample attention (one SDPA call per sample and layer) + gather/scatter routing
+  one-call  one SDPA call per layer over the padded pack      + gather/scatter routing
+  sorted    per-sample attention                               + expert-ordered routing
+  after     one SDPA call per layer                            + expert-ordered routing
+The decoder's default ("auto") is `sorted` on a CPU and `after` on a GPU.
+FLOPs are counted on the per-sample attention: the model's useful work, without the padding the
+one-call path also computes (MFU's convention); the main table's step time is the defaults'
+(on this CPU: `sorted`).
 """
 from __future__ import annotations
 
@@ -52,6 +64,16 @@ BAGEL7B = "bagel7b"
 SDPA_OPS = ("_scaled_dot_product",)
 LLM_LAYER, VIT_LAYER = "Bagel.language_model.model.layers.0", "Bagel.vit_model.vision_model.encoder.layers.0"
 HEAD, FROZEN_INPUT_MODULES = "Bagel.language_model.lm_head", ("Bagel.vit_model", "Bagel.connector")
+# issue 19: variant -> (attention_impl, expert_order) of the decoder
+VARIANTS = {"before": ("loop", False), "one-call": ("padded", False), "sorted": ("loop", True), "after": ("padded", True)}
+VARIANT_NOTES = {"before": "per-sample SDPA + gather/scatter", "one-call": "one SDPA call + gather/scatter",
+                 "sorted": "per-sample SDPA + expert order (CPU default)",
+                 "after": "one SDPA call + expert order (GPU default)"}
+
+
+def set_variant(bundle, variant: str) -> None:
+    m = bundle.model.language_model.model
+    m.attention_impl, m.expert_order = VARIANTS[variant]
 
 
 def load_config(name: str, cache: Path):
@@ -138,10 +160,14 @@ def measure(name: str, args, cache: Path) -> dict:
         loss.backward()
         opt.step()
 
+    decoder = bundle.model.language_model.model
+    defaults = (decoder.attention_impl, decoder.expert_order)
+    decoder.attention_impl = "loop"  # count the useful FLOPs, not the padding (see the docstring)
     with flop_counter() as fwd_count, torch.no_grad():
         compute_loss(bundle, bank, batch, weights)
     with flop_counter() as step_count:
         step()
+    decoder.attention_impl, decoder.expert_order = defaults
 
     scale = dict(scale_layers=(28, 26), vocab=(bundle.config.llm.vocab_size, 152064)) if full else {}
     fwd_ops, step_ops = op_totals(fwd_count, **scale), op_totals(step_count, **scale)
@@ -156,7 +182,7 @@ def measure(name: str, args, cache: Path) -> dict:
         "step_flops_per_sample": stp / n, "build_flops_per_sample": bld / n,
         "precompute_flops_per_sample": precompute_count.get_total_flops() / n, "step_over_forward": stp / fwd,
         "attention_share_of_forward": attention / fwd, "vit_share_of_forward": frozen_input / fwd,
-        "step_s": None, "build_s": None, "achieved_flops": None,
+        "step_s": None, "build_s": None, "achieved_flops": None, "variants": {},
     }
     if full:
         return row
@@ -171,6 +197,27 @@ def measure(name: str, args, cache: Path) -> dict:
         builder.batch(examples)
         build_times.append(clock() - t0)
     row.update(step_s=min(step_times), build_s=min(build_times), achieved_flops=stp / min(step_times))
+
+    def forward():
+        with torch.no_grad():
+            compute_loss(bundle, bank, batch, weights)
+
+    names = [v for v in args.variants.split(",") if v]
+    times = {v: {"step_s": [], "forward_s": []} for v in names}
+    for v in names:  # warm-up
+        set_variant(bundle, v)
+        step()
+    for _ in range(args.repeats):
+        for v in names:  # interleaved: a load spike on the shared machine hits every variant alike
+            set_variant(bundle, v)
+            t0 = clock()
+            step()
+            t1 = clock()
+            forward()
+            times[v]["step_s"].append(t1 - t0)
+            times[v]["forward_s"].append(clock() - t1)
+    decoder.attention_impl, decoder.expert_order = defaults
+    row["variants"] = {v: {k: min(t) for k, t in ts.items()} for v, ts in times.items()}
     return row
 
 
@@ -182,6 +229,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed steps (the best one counts)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--matmul-size", type=int, default=2048)
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"issue 19: decoder variants timed in the same run, comma list of {list(VARIANTS)} ('' = none)")
     return p.parse_args(argv)
 
 
@@ -212,6 +261,17 @@ def main(argv=None) -> dict:
                           "VAE precompute GFLOP / sample (once a pack)", "batch-build GFLOP / sample (every step)",
                           "step (ms)", "build (ms)", "achieved GFLOP/s", "matmul peak GFLOP/s", "MFU"], rows))
     print()
+    vrows = []
+    for r in results:
+        base = r["variants"].get("before")
+        for v, t in r["variants"].items():
+            vrows.append([r["config"], v, VARIANT_NOTES[v], f"{t['step_s'] * 1e3:,.0f}",
+                          f"{base['step_s'] / t['step_s']:.2f}x" if base else "-", f"{t['forward_s'] * 1e3:,.0f}",
+                          f"{base['forward_s'] / t['forward_s']:.2f}x" if base else "-"])
+    if vrows:
+        print(markdown_table(["config", "variant", "attention + routing", "step (ms)", "step speed-up vs before",
+                              "forward (ms)", "forward speed-up vs before"], vrows))
+        print()
     return print_result("flops", {"machine": machine(), "args": vars(args), "matmul_peak_flops": peak, "rows": results})
 
 

@@ -9,6 +9,13 @@ backward, AdamW. Variants: plain PyTorch, DeepSpeed ZeRO-2 and ZeRO-3 (world siz
 ZeRO shards nothing, so these show the engines' overhead, not their memory split). FLOPs come from
 torch's flop counter on the same step; MFU is against the GPU's dense bf16 peak. Prints a table and
 a JSON line.
+
+Issue 19, the decoder's attention / routing switches (omnipersona/model/llm.py), plain PyTorch:
+  torch-before  per-sample SDPA calls + gather/scatter routing (the code before issue 19)
+  torch         the defaults on a GPU: one SDPA call per layer over the padded pack + expert order
+  torch-flex    one compiled flex_attention call per layer (block mask, no padding) + expert order
+  torch-loop    per-sample SDPA calls + expert order
+ZeRO variants run the defaults. FLOPs are counted on the per-sample attention (useful work only).
 """
 from __future__ import annotations
 
@@ -26,6 +33,12 @@ from omnipersona.model.layers import PositionEmbedding, RotaryEmbedding
 from omnipersona.model.packing import Text, VaeLatent, VitImage, pack
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# variant -> (attention_impl, expert_order); other variants run the defaults ("auto", expert order)
+DECODER = {"torch-before": ("loop", False), "torch-flex": ("flex", True), "torch-loop": ("loop", True)}
+
+
+def set_decoder(model: Bagel, impl: str = "auto", expert_order: bool = True) -> None:
+    model.language_model.model.attention_impl, model.language_model.model.expert_order = impl, expert_order
 
 
 def build_model(cfg: BagelConfig, device: str, dtype: torch.dtype) -> Bagel:
@@ -92,7 +105,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--concepts", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default="torch,zero2,zero3")
+    ap.add_argument("--variants", default="torch-before,torch,torch-flex,zero2,zero3",
+                    help="comma list of torch, torch-before, torch-flex, torch-loop, zero2, zero3")
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -118,6 +132,7 @@ def main() -> None:
 
     from torch.utils.flop_counter import FlopCounterMode
 
+    set_decoder(model, "loop")  # useful FLOPs: no padding of the one-call path
     with FlopCounterMode(display=False) as fc:
         loss_fn(model, bank, batch, dtype).backward()
     step_flops = fc.get_total_flops()
@@ -125,13 +140,15 @@ def main() -> None:
         with torch.no_grad():
             loss_fn(model, bank, batch, dtype)
     fwd_flops = fcf.get_total_flops()
+    set_decoder(model)
     rows = []
     for variant in args.variants.split(","):
         try:
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            if variant == "torch":
+            set_decoder(model, *DECODER.get(variant, ("auto", True)))
+            if variant.startswith("torch"):
                 opt = torch.optim.AdamW(bank.parameters(), lr=1e-3)
 
                 def step():
@@ -173,12 +190,12 @@ def main() -> None:
     concepts_per_gpu_hour = 3600 / (2000 * 8 * per_sample) if per_sample else None
     print(f"device {name}; params {params/1e9:.2f}B ({dtype}); build {build_s:.1f}s; pack {args.concepts} concepts x 2 samples = {tokens} tokens")
     print(f"FLOPs per step {step_flops/1e12:.2f} T (forward {fwd_flops/1e12:.2f} T, ratio {step_flops/fwd_flops:.2f}x); peak bf16 {peak/1e12 if peak else 'n/a'} TFLOP/s")
-    print(f"{'variant':8} {'step s':>8} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}")
+    print(f"{'variant':12} {'step s':>8} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['variant']:8} error: {r['error']}")
+            print(f"{r['variant']:12} error: {r['error']}")
         else:
-            print(f"{r['variant']:8} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {r['tflops']:8.1f} {r['mfu'] if r['mfu'] is not None else float('nan'):6.3f} {r['peak_mem_gib']:9.1f}")
+            print(f"{r['variant']:12} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {r['tflops']:8.1f} {r['mfu'] if r['mfu'] is not None else float('nan'):6.3f} {r['peak_mem_gib']:9.1f}")
     if concepts_per_gpu_hour:
         print(f"projected at the paper's recipe (2000 steps x batch 8 per concept): {concepts_per_gpu_hour:.2f} concepts per GPU-hour")
     print("JSON " + json.dumps(dict(device=name, params=params, tokens=tokens, step_flops=step_flops, forward_flops=fwd_flops,
