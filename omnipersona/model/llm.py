@@ -145,6 +145,10 @@ class AttentionSpec:
         return built
 
 
+# device type -> multiple the padded rows' length is rounded up to (none: the longest sample's)
+PADDED_ROW_ALIGN = {"cuda": 16}
+
+
 def _padded_layout(lens: list[int], masks, order: ExpertOrder | None, device) -> dict:
     """Samples placed in rows of the longest sample's length (first-fit decreasing: short samples
     share a row, side by side, each with its own mask block and nothing across blocks); `slots` is
@@ -152,8 +156,10 @@ def _padded_layout(lens: list[int], masks, order: ExpertOrder | None, device) ->
 
     Unused slots stay zero and attend to themselves only (their output is never read back), so no
     softmax row is empty and no real token sees them. With an expert order the stream is in that
-    order: `slots` absorbs it (no extra copies)."""
-    longest = max(lens)
+    order: `slots` absorbs it (no extra copies). On devices listed in `PADDED_ROW_ALIGN` the row
+    length is rounded up to that multiple (GPU attention kernels want aligned mask rows)."""
+    align = PADDED_ROW_ALIGN.get(torch.device(device).type, 1)
+    longest = -(-max(lens) // align) * align
     fill: list[int] = []  # used length of each row
     place = [None] * len(lens)  # (row, offset) of each sample
     for s in sorted(range(len(lens)), key=lambda i: -lens[i]):

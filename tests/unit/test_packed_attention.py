@@ -73,15 +73,22 @@ def infer(bundle, bank, batch, impl, expert_order):
     return out["ce_logits"], out["mse_preds"]
 
 
-@pytest.mark.parametrize("impl", ["padded"])
-def test_one_call_training_equals_per_sample(setup, impl):
+@pytest.mark.parametrize("impl", ["padded", "padded-aligned"])
+def test_one_call_training_equals_per_sample(setup, impl, monkeypatch):
     """Loss and the bank's gradients of the one-call attention equal the per-sample loop's (1e-5).
 
     "flex" is not here: torch has no flex_attention backward on CPU (it raises); its training
     semantics are its mask, checked pair by pair in `test_flex_block_mask_is_the_samples_masks`.
+    "padded-aligned": rows rounded up to a multiple of 16 as on a GPU (`PADDED_ROW_ALIGN`).
     Break-checked: padding and the other samples sharing a row made visible (`_padded_layout`
     filling each row's mask with True outside the samples' blocks) fails it."""
+    import omnipersona.model.llm as llm
+
+    if impl == "padded-aligned":
+        monkeypatch.setattr(llm, "PADDED_ROW_ALIGN", {"cpu": 16})
+        impl = "padded"
     bundle, bank, batch = setup
+    assert max(batch.packed.sample_lens) % 16  # so the aligned rows really are longer
     ref_loss, ref_grads = train_step(bundle, bank, batch, "loop", False)
     loss, grads = train_step(bundle, bank, batch, impl, False)
     torch.testing.assert_close(loss, ref_loss, **TOL)
