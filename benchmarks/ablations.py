@@ -43,8 +43,8 @@ from omnipersona.world import make_concepts  # noqa: E402
 from pipelines.evaluate.gate import Gate  # noqa: E402
 
 # Bounds for concepts trained on the world base with the default recipe, chosen on the dev split
-# (5 of 6 OmniPersona concepts pass there, 1 of 6 with untrained tokens); on the test split of
-# docs/evaluation.md 3 of 6 OmniPersona concepts pass and none with untrained tokens.
+# (5 of 6 OmniPersona concepts passed there on the first build, 1 of 6 with untrained tokens); on the
+# test split of docs/evaluation.md 5 of 16 OmniPersona concepts pass and none with untrained tokens.
 WORLD_BASE_GATE = Gate(minimums={"recognition_accuracy": 0.65, "text_qa_accuracy": 0.4, "vqa_accuracy": 0.6})
 from omnipersona.evaluation import EvalOptions, aggregate, bootstrap_interval, evaluate_concept, unchanged_edit_metrics  # noqa: E402
 from omnipersona.pretrain.probe import ProbeConfig, ensure_probe  # noqa: E402
