@@ -111,10 +111,10 @@ def train_config(args, mode: str = "decoupled") -> TrainConfig:
     )
 
 
-def personalise(bundle, concepts, cfg: TrainConfig, tasks, image_size: int, train: bool) -> ConceptBank:
+def personalise(bundle, concepts, cfg: TrainConfig, tasks, image_size: int, train: bool, edits: int = 3) -> ConceptBank:
     llm = bundle.config.llm
     bank = ConceptBank(len(concepts), llm.hidden_size, llm.vocab_size, cfg.num_und_tokens, cfg.num_gen_tokens, mode=cfg.mode)
-    pools = [concept_pool(c, slot, size=image_size, tasks=tasks) for slot, c in enumerate(concepts)]
+    pools = [concept_pool(c, slot, size=image_size, tasks=tasks, edits=edits) for slot, c in enumerate(concepts)]
     for slot, c in enumerate(concepts):
         init_world_concept(bank, slot, bundle, c, size=image_size, seed=cfg.seed + slot)
     if train:
@@ -267,6 +267,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--base", default=None, help="a BAGEL checkpoint folder (default: the cached world base)")
     ap.add_argument("--json", default=None, help="also write the per-concept metrics here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--edits", type=int, default=3,
+                    help="edit triplets per concept in training (cycling remove / background / accessory); the recipe's is 3")
     ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
                     help="run nothing: print the tables of saved --json runs (several: their concepts pooled)")
     return ap
@@ -321,7 +323,7 @@ def main(argv=None) -> int:
             bank_key = f"{row.mode}|{','.join(row.tasks)}|{row.train}"
             if bank_key not in banks:  # "no replay" and the profile rows reuse a bank trained (or not) for another row
                 torch.manual_seed(args.seed)
-                banks[bank_key] = personalise(bundle, concepts, cfg, row.tasks, args.image_size, row.train)
+                banks[bank_key] = personalise(bundle, concepts, cfg, row.tasks, args.image_size, row.train, args.edits)
             t1 = time.time()
             per_row[row.title] = evaluate_row(bundle, banks[bank_key], concepts, eval_sets, probe, args, row.replay, row.profile, row.tokens)
             # Concepts of the row that pass the world base's promotion gate (pipelines.evaluate.gate).

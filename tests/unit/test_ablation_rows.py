@@ -133,6 +133,7 @@ def test_defaults_are_the_new_test_split_with_every_row():
     assert args.split == "test" and ablations.SPLIT_SEEDS["test"] not in (101, 202)
     assert ablations.SPLIT_SEEDS["dev2"] == 202  # the old test split, now a dev split
     assert args.concepts >= 16
+    assert (args.steps, args.batch_size, args.lr, args.edits) == (200, 8, 0.02, 3)  # the frozen recipe
     assert set(args.rows.split(",")) == {r.key for r in ablations.ROWS}
     assert {"text_profile", "noop_edit", "tokens_profile"} <= set(args.rows.split(","))
 
