@@ -1,6 +1,6 @@
 """OmniPersona vs its ablations on held-out world concepts: the table of docs/evaluation.md.
 
-    python benchmarks/ablations.py                 # the test split, 16 concepts, every row (~1 h on 2 shared CPU cores)
+    python benchmarks/ablations.py                 # the test split, 16 concepts, every row (42 min on 2 shared CPU cores)
     python benchmarks/ablations.py --split dev --concepts 6 --rows untrained,omnipersona,noop_edit
 
 Rows (same concepts, seeds and evaluation for all):
