@@ -49,12 +49,23 @@ def write_world(root: Path, n: int, tenants: int, seed: int) -> None:
     shutil.move(str(root / "uploads" / "_negatives"), str(root / "negatives"))
 
 
+def small_bagel(folder: Path) -> Path:
+    """benchmarks.flops' `small` config (~20x tiny in LLM width) saved in the release layout."""
+    from benchmarks.flops import CONFIGS
+    from omnipersona.model.tiny import build_tiny_bagel, tiny_config
+
+    if not (folder / "ema.safetensors").exists():
+        build_tiny_bagel(folder, seed=0, config=tiny_config(**CONFIGS["small"][0]))
+    return folder
+
+
 def job_config(root: Path, args) -> dict:
     return {
         "job_id": "scale",
         "ingest": {"uploads_uri": str(root / "uploads"), "negatives_uri": str(root / "negatives"),
                    "vit_size": 32, "vae_size": 32, "epochs": 1, "samples_per_task": 2},
-        "model": {"uri": "tiny", "tiny_cache": str(root / "models" / "tiny-bagel")},
+        "model": {"uri": "tiny", "tiny_cache": str(root / "models" / "tiny-bagel")} if args.model == "tiny"
+                 else {"uri": str(small_bagel(root / "models" / "small-bagel"))},
         "train": {
             "recipe": {"steps": args.steps, "batch_size": args.batch_size, "lr": 0.02, "num_und_tokens": 8,
                        "num_gen_tokens": 8, "vit_size": 32, "vae_size": 32},
@@ -66,7 +77,12 @@ def job_config(root: Path, args) -> dict:
         "artifacts": {"root": str(root / "store" / "concepts"), "work": str(root / "store" / "work"),
                       "runs": str(root / "store" / "ray")},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", "experiment": "omnipersona-scale"},
-        "evaluation": {"enabled": False},
+        # With actors: the gate's evaluation on Ray actors (each loads the base once; the driver none),
+        # kept short per concept (two examples, no sample pictures): its per-concept cost does not
+        # change with N, what this benchmark measures is whether the driver and the actors stay flat.
+        "evaluation": ({"enabled": True, "actors": args.evaluation_actors, "cpus_per_actor": 1, "max_examples": 2,
+                        "sample_images": False, "sampling_steps": 2}
+                       if args.evaluation_actors else {"enabled": False}),
         "hard_negative_features": "colour_histogram",
         "ray": {"num_cpus": 4},
     }
@@ -221,7 +237,9 @@ def run_one(n: int, args) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(ray_dir, ignore_errors=True)
     return {
-        "concepts": n, "counts": summary.counts(), "world_s": t_world, "wall_s": t_end - t_start, **stages,
+        "concepts": n, "model": args.model, "evaluation_actors": args.evaluation_actors,
+        "images_per_s_ingest": 3 * n / max(stages["ingest_s"], 1e-9),
+        "counts": summary.counts(), "world_s": t_world, "wall_s": t_end - t_start, **stages,
         "job_cpu_s": job_cpu, "load_average_1_5_15": load_average,
         "train_worker_peak_rss_mib": [v / MiB for v in train_workers],
         "other_ray_worker_peak_rss_mib_max": max(others, default=0) / MiB, "other_ray_workers": len(others),
@@ -244,6 +262,9 @@ def parse_args(argv=None):
     p.add_argument("--tenants", type=int, default=10)
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--sample-interval", type=float, default=0.5)
+    p.add_argument("--evaluation-actors", type=int, default=0,
+                   help="evaluate on this many Ray actors (0: evaluation off, as the first figures were taken)")
+    p.add_argument("--model", choices=("tiny", "small"), default="tiny", help="the base: tiny, or flops.py's small")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -251,7 +272,8 @@ def parse_args(argv=None):
 def _child_args(args, n: int) -> list[str]:
     return ["--one", str(n), "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--pack-size",
             str(args.pack_size), "--workers", str(args.workers), "--tenants", str(args.tenants), "--seed", str(args.seed),
-            "--sample-interval", str(args.sample_interval)]
+            "--sample-interval", str(args.sample_interval), "--evaluation-actors", str(args.evaluation_actors),
+            "--model", args.model]
 
 
 def main(argv=None) -> dict:
@@ -275,14 +297,17 @@ def main(argv=None) -> dict:
     for r in results:
         workers = r["train_worker_peak_rss_mib"]
         done = r["counts"].get("done", 0)
-        rows.append([r["concepts"], round(r["wall_s"]), round(r["ingest_s"]), round(r["train_s"]), round(r["register_s"]),
+        rows.append([r["concepts"], r.get("model", "tiny"), r.get("evaluation_actors", 0), round(r["wall_s"]), round(r["ingest_s"]), round(r["train_s"]), round(r["register_s"]),
+                     round(3600 * done / max(r["register_s"], 1e-9)), round(r.get("images_per_s_ingest", 0), 1),
                      round(3600 * done / r["wall_s"]), round(r["job_cpu_s"]), f"{r['load_average_1_5_15'][1]:.1f}", " / ".join(f"{w:.0f}" for w in workers) or "-",
                      round(r["other_ray_worker_peak_rss_mib_max"]), round(r["driver_peak_rss_mib"]),
                      f"{r['object_store_peak_mib']:.1f} of {r['object_store_capacity_mib']:.0f}",
                      round(r["object_store_spilled_mib"], 1),
                      ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()) if v)])
     print()
-    print(markdown_table(["concepts", "job wall (s)", "ingest (s)", "train (s)", "register (s)", "concepts / hour",
+    print(markdown_table(["concepts", "base", "evaluation actors", "job wall (s)", "ingest (s)", "train (s)",
+                          "evaluate + register (s)", "evaluate + register concepts / hour", "ingest images / s",
+                          "concepts / hour",
                           "job CPU (s)", "machine load (5 min)",
                           "peak RSS per train worker (MiB)", "peak RSS other Ray worker, max (MiB)",
                           "driver peak RSS (MiB)", "object store peak (MiB)", "spilled (MiB)", "outcomes"], rows))
