@@ -59,13 +59,24 @@ def small_bagel(folder: Path) -> Path:
     return folder
 
 
+def prepare_base(args) -> None:
+    """Build the base once, in this (parent) process, before any measured job."""
+    from pipelines.model_store import resolve_model_uri
+
+    if args.model == "tiny":
+        resolve_model_uri("tiny", tiny_cache=str(Path(args.models_dir) / "tiny-bagel"))
+    else:
+        small_bagel(Path(args.models_dir) / "small-bagel")
+
+
 def job_config(root: Path, args) -> dict:
     return {
         "job_id": "scale",
         "ingest": {"uploads_uri": str(root / "uploads"), "negatives_uri": str(root / "negatives"),
                    "vit_size": 32, "vae_size": 32, "epochs": 1, "samples_per_task": 2},
-        "model": {"uri": "tiny", "tiny_cache": str(root / "models" / "tiny-bagel")} if args.model == "tiny"
-                 else {"uri": str(small_bagel(root / "models" / "small-bagel"))},
+        # Built by the parent process (`prepare_base`): the driver's peak memory is the job's, not the build's.
+        "model": {"uri": "tiny", "tiny_cache": str(Path(args.models_dir) / "tiny-bagel")} if args.model == "tiny"
+                 else {"uri": str(Path(args.models_dir) / "small-bagel")},
         "train": {
             "recipe": {"steps": args.steps, "batch_size": args.batch_size, "lr": 0.02, "num_und_tokens": 8,
                        "num_gen_tokens": 8, "vit_size": 32, "vae_size": 32},
@@ -265,6 +276,7 @@ def parse_args(argv=None):
     p.add_argument("--evaluation-actors", type=int, default=0,
                    help="evaluate on this many Ray actors (0: evaluation off, as the first figures were taken)")
     p.add_argument("--model", choices=("tiny", "small"), default="tiny", help="the base: tiny, or flops.py's small")
+    p.add_argument("--models-dir", help=argparse.SUPPRESS)
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -273,7 +285,7 @@ def _child_args(args, n: int) -> list[str]:
     return ["--one", str(n), "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--pack-size",
             str(args.pack_size), "--workers", str(args.workers), "--tenants", str(args.tenants), "--seed", str(args.seed),
             "--sample-interval", str(args.sample_interval), "--evaluation-actors", str(args.evaluation_actors),
-            "--model", args.model]
+            "--model", args.model, "--models-dir", args.models_dir]
 
 
 def main(argv=None) -> dict:
@@ -281,6 +293,8 @@ def main(argv=None) -> dict:
     if args.one is not None:
         print_result("scale-one", run_one(args.one, args))
         return {}
+    args.models_dir = tempfile.mkdtemp(prefix="bench-scale-models-")
+    prepare_base(args)
     results = []
     for n in [int(x) for x in args.concepts.split(",") if x]:
         print(f"[scale] {n} concepts: world + job in a fresh process ...", flush=True)
