@@ -11,7 +11,6 @@ Everything else runs as deployed (pack size, ZeRO stage, 2 workers, 2 epochs, 2 
 the gate's minimum, the experiment, the default registry prefix) and the test checks that it did."""
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from omnipersona.world import make_concepts
 from omnipersona.world.uploads import UploadOptions, write_uploads
 from pipelines.config import JobConfig
 from pipelines.storage import filesystem_for, list_files
+from tests.services.job_config import merged
 from tests.services.ray_head import submit_command, wait_for_job_agent
 from tests.services.s3 import upload_tree
 
@@ -47,13 +47,6 @@ CPU_OVERLAY = {
 def deployed_job_yaml() -> dict:
     (doc,) = [d for d in yaml.safe_load_all(CONFIGMAP.read_text()) if d.get("kind") == "ConfigMap"]
     return yaml.safe_load(doc["data"]["job.yaml"])
-
-
-def merged(base: dict, overlay: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def with_endpoints(node, buckets: dict[str, str]):

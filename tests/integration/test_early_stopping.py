@@ -26,6 +26,7 @@ from pipelines.config import JobConfig
 from pipelines.personalize import run_job
 from pipelines.register import names
 from pipelines.storage import filesystem_for
+from tests.services.job_config import small_job_config
 from tests.services.s3 import upload_tree
 
 pytestmark = pytest.mark.integration
@@ -34,19 +35,11 @@ STEPS = 8
 
 
 def config(s3, mlflow_uri: str, runs: str, model: str) -> dict:
-    return {
-        "ingest": {"uploads_uri": s3.uri("early/uploads"), "negatives_uri": s3.uri("early/negatives"),
-                   "vit_size": 32, "vae_size": 32, "epochs": 1, "samples_per_task": 1, "gate_holdout_every": 4},
-        "model": {"uri": model},
-        "train": {"recipe": {"steps": STEPS, "batch_size": 2, "lr": 1e-3, "num_und_tokens": 2, "num_gen_tokens": 2,
-                             "vit_size": 32, "vae_size": 32},
-                  "deepspeed": {"zero_stage": 2}, "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "pack_size": 2,
+    return small_job_config(s3, "early", mlflow_uri, runs, model, {
+        "ingest": {"gate_holdout_every": 4},
+        "train": {"recipe": {"steps": STEPS, "lr": 1e-3}, "pack_size": 2,
                   "early_stopping": {"enabled": True, "check_every": 2, "patience": 1, "min_delta": 1e6, "max_examples": 4}},
-        "artifacts": {"root": s3.uri("early/concepts"), "work": s3.uri("early/work"), "runs": runs},
-        "mlflow": {"tracking_uri": mlflow_uri, "experiment": "early", "registry_prefix": "early"},
-        "evaluation": {"enabled": False},
-        "hard_negative_features": "colour_histogram",
-    }
+    })
 
 
 def test_each_concept_stops_early_on_its_held_out_loss_and_is_registered(

@@ -21,25 +21,15 @@ from pipelines.config import JobConfig
 from pipelines.personalize import run_job
 from pipelines.register import names
 from pipelines.storage import filesystem_for
+from tests.services.job_config import small_job_config
 from tests.services.s3 import upload_tree
 
 pytestmark = pytest.mark.integration
 
 
 def config(s3, mlflow_uri: str, runs: str, model: str, *, warm: bool) -> dict:
-    return {
-        "ingest": {"uploads_uri": s3.uri("warm/uploads"), "negatives_uri": s3.uri("warm/negatives"),
-                   "vit_size": 32, "vae_size": 32, "epochs": 1, "samples_per_task": 1, "gate_holdout_every": 0},
-        "model": {"uri": model},
-        "train": {"recipe": {"steps": 2, "batch_size": 2, "lr": 1e-4, "num_und_tokens": 2, "num_gen_tokens": 2,
-                             "vit_size": 32, "vae_size": 32},
-                  "deepspeed": {"zero_stage": 2}, "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "pack_size": 1,
-                  "warm_start": warm},
-        "artifacts": {"root": s3.uri("warm/concepts"), "work": s3.uri("warm/work"), "runs": runs},
-        "mlflow": {"tracking_uri": mlflow_uri, "experiment": "warm", "registry_prefix": "warm"},
-        "evaluation": {"enabled": False},
-        "hard_negative_features": "colour_histogram",
-    }
+    return small_job_config(s3, "warm", mlflow_uri, runs, model, {
+        "ingest": {"gate_holdout_every": 0}, "train": {"recipe": {"lr": 1e-4}, "warm_start": warm}})
 
 
 def test_a_concept_with_new_pictures_starts_from_its_registered_tokens(
