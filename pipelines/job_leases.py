@@ -3,11 +3,12 @@
 - **The job id.** Two submissions of the same job (same snapshot, recipe and base) would share one
   Ray Train run name and storage folder. The first takes the lease `_jobs/<job id>`; a second waits
   until that run ends (or its lease expires: the run died), then selects again — what the first
-  registered is `skipped`, with why "trained by job X run Y".
+  registered is `skipped`, with why "registered by job X run Y" (read from the version: the run
+  waited for may itself have skipped a concept a third job registered).
 - **Each concept artifact.** Two different jobs whose snapshots share an unchanged concept plan the
   same artifact. Before training, a job takes the lease of every artifact it will train or register;
   those another live job holds are set aside, the job does its own work first, then waits for each
-  (polling until released or expired) and checks again: registered -> `skipped` ("trained by job X
+  (polling until released or expired) and checks again: registered -> `skipped` ("registered by job X
   run Y"); exported but not registered -> this job registers it; neither -> `pending` (a rerun
   trains it).
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from pipelines.config import JobConfig
 from pipelines.lease import Holder, Leases, lease_store
+from pipelines.register.names import TAG_JOB_ID, TAG_JOB_RUN_ID
 from pipelines.train.runner import TrainConcept
 
 log = logging.getLogger("omnipersona.job")
@@ -33,8 +35,11 @@ def job_key(job_id: str) -> str:
     return f"_jobs/{job_id}"
 
 
-def trained_by(holder: Holder) -> str:
-    return f"trained by job {holder.job_id} run {holder.run_id or '?'}"
+def registered_by(version) -> str:
+    """Who registered a model version: its job tag and MLflow run (not a lease holder's word: the
+    holder may have skipped the concept itself, another job having registered it)."""
+    tags = version.tags or {}
+    return f"registered by job {tags.get(TAG_JOB_ID, '?')} run {tags.get(TAG_JOB_RUN_ID, '?')}"
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pipelines.config import JobConfig
 from pipelines.ingest.dataset import IngestResult, build_ingest
 from pipelines.ingest.features import colour_histogram_features
 from pipelines.ingest.snapshot import take_snapshot
-from pipelines.job_leases import JobLeases, trained_by
+from pipelines.job_leases import JobLeases, registered_by
 from pipelines.model_store import (BaseModelInfo, VisionEncoderFeatures, base_weights_loaded_here, describe_base, load_base,
                                    resolve_model_uri)
 from pipelines.paths import JobPaths
@@ -93,7 +93,7 @@ def run_job(cfg: JobConfig) -> JobSummary:
         waited = ctx.leases.take_job()  # another run of this job: wait until it ends
         selection = select(ctx, ingest)
         if waited is not None:
-            note_trained_by(ctx, waited)
+            note_registered_by(ctx)
         write_training_examples(ctx, ingest, selection)  # held concepts' too: this job may evaluate them later
         selection.to_train, held = ctx.leases.claim(selection.to_train)
         selection.to_register, held_exported = ctx.leases.claim(selection.to_register)
@@ -314,15 +314,15 @@ def why_train(latest, concept: TrainConcept) -> str:
     return f"{', '.join(changed) or 'nothing'} changed since v{latest.version}"
 
 
-def note_trained_by(ctx: JobContext, waited) -> None:
-    """After waiting for another run of this job: the concepts it registered meanwhile say so."""
+def note_registered_by(ctx: JobContext) -> None:
+    """After waiting for another run of this job: the concepts registered meanwhile say by whom."""
     client = ctx.registry.client
     started_ms = ctx.summary.started_at.timestamp() * 1000
     for outcome in ctx.summary.concepts:
         if outcome.outcome == "skipped" and outcome.model_name and outcome.version:
             version = ctx.registry.mlflow.call("get version", client.get_model_version, outcome.model_name, outcome.version)
             if version.creation_timestamp >= started_ms:
-                outcome.why = f"{SKIP_REASON}: {trained_by(waited)}"
+                outcome.why = f"{SKIP_REASON}: {registered_by(version)}"
 
 
 def take_over_held(ctx: JobContext, selection: JobPlan, held) -> None:
@@ -337,7 +337,7 @@ def take_over_held(ctx: JobContext, selection: JobPlan, held) -> None:
         existing = ctx.registry.find_version(name, c.data_digest, c.recipe_hash, c.base_fingerprint)
         if existing is not None:
             ctx.summary.add(ConceptOutcome(concept_key=c.id.key, outcome="skipped", model_name=name,
-                                           version=str(existing.version), why=f"{SKIP_REASON}: {trained_by(holder)}"))
+                                           version=str(existing.version), why=f"{SKIP_REASON}: {registered_by(existing)}"))
         elif artifact_exists(art_fs, art_root, c) and ctx.leases.acquire(c) is None:
             later.to_register.append(c)
             later.why[c.id] = f"{selection.why.get(c.id, '')}; exported by job {holder.job_id} run {holder.run_id}, registered now"

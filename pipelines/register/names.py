@@ -23,6 +23,7 @@ TAG_CONFIG_HASH = "config_hash"
 TAG_BASE_FINGERPRINT = "base_fingerprint"
 TAG_BASE_MODEL_ID = "base_model_id"
 TAG_JOB_ID = "job_id"
+TAG_JOB_RUN_ID = "job_run_id"  # the job's MLflow run (the version's own run is its registration run, a child)
 TAG_GATE = "gate"  # "passed" | "failed" | "not_evaluated"
 TAG_GATE_REASONS = "gate_reasons"
 TAG_PREVIOUS_CHAMPION = "previous_champion"  # on a promoted version: the champion it replaced

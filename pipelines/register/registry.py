@@ -232,6 +232,7 @@ class ConceptRegistry:
             **concept_tags(artifact),
             names.TAG_GATE: "not_evaluated" if decision is None else ("passed" if decision.passed else "failed"),
             names.TAG_GATE_REASONS: "; ".join(decision.reasons) if decision else "",
+            names.TAG_JOB_RUN_ID: run_id,
         }
         run_job_id = job_run.data.tags.get(names.RUN_TAG_JOB_ID)
         if run_job_id:

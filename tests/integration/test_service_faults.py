@@ -384,8 +384,9 @@ def test_three_submissions_at_once_train_each_concept_once_and_register_one_vers
     trainers = {run["run_id"] for run in runs if any(c["outcome"] == "done" for c in run["concepts"])}
     for c in outcomes:
         if c["outcome"] == "skipped":  # the fault really happened: they ran at once, the others waited
-            assert re.search(r"trained by job \S+ run ([0-9a-f]{32})", c["why"]), c
-            assert re.search(r"run ([0-9a-f]{32})", c["why"]).group(1) in trainers, c
+            said = re.search(r"registered by job (\S+) run ([0-9a-f]{32})", c["why"])
+            assert said and said.group(2) in trainers, c  # the run that registered it, not the one it waited for
+            assert said.group(1) == next(r["job_id"] for r in runs if r["run_id"] == said.group(2)), c
 
 
 def test_preflights_of_jobs_started_at_once_do_not_trip_over_each_other(s3_server, tmp_path):
