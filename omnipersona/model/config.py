@@ -35,7 +35,8 @@ class LLMConfig(_ReleaseConfig):
     intermediate_size: int = 18944
     num_hidden_layers: int = 28
     num_attention_heads: int = 28
-    num_key_value_heads: int = 4
+    num_key_value_heads: int = Field(4, description="grouped-query attention: each KV head serves "
+                                     "num_attention_heads / num_key_value_heads query heads")
     hidden_act: str = "silu"
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-6
@@ -60,7 +61,7 @@ class ViTConfig(_ReleaseConfig):
 
     hidden_size: int = 1152
     intermediate_size: int = 4304
-    num_hidden_layers: int = 27
+    num_hidden_layers: int = Field(27, description="as the release file counts them: the encoder runs num_layers_used")
     num_attention_heads: int = 16
     num_channels: int = 3
     image_size: int = 980
@@ -82,14 +83,18 @@ class VAEConfig(_ReleaseConfig):
 
     resolution: int = 256
     in_channels: int = 3
-    downsample: int = 8
     ch: int = 128
-    out_ch: int = 3
-    ch_mult: list[int] = Field(default_factory=lambda: [1, 2, 4, 4])
+    ch_mult: list[int] = Field(default_factory=lambda: [1, 2, 4, 4])  # channels per level, times `ch`
     num_res_blocks: int = 2
     z_channels: int = 16
+    out_ch: int = 3
     scale_factor: float = 0.3611
     shift_factor: float = 0.1159
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per latent cell along a side: every level after the first halves the picture."""
+        return 2 ** (len(self.ch_mult) - 1)
 
 
 class BagelConfig(_ReleaseConfig):

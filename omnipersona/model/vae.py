@@ -121,7 +121,6 @@ def infer_vae_config(bfl_sd: dict[str, torch.Tensor], base: VAEConfig | None = N
             z_channels=z_channels,
             in_channels=bfl_sd["encoder.conv_in.weight"].shape[1],
             out_ch=bfl_sd["decoder.conv_out.weight"].shape[0],
-            downsample=2 ** (len(ch_mult) - 1),
         )
     )
 

@@ -168,7 +168,6 @@ def bagel_config(size: ModelSize) -> BagelConfig:
             ch_mult=[1] * size.vae_levels,
             num_res_blocks=1,
             z_channels=size.z_channels,
-            downsample=2 ** (size.vae_levels - 1),
         ),
         max_latent_size=max(4, latent_side),
         vit_max_num_patch_per_side=size.image_size // size.vit_patch,

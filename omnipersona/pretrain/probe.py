@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -42,12 +42,13 @@ class ProbeConfig(BaseModel):
     image_size: int = 32
     width: int = 32
     feature_dim: int = 128
-    steps: int = 700
-    batch_size: int = 64
+    steps: int = Field(700, ge=1)
+    batch_size: int = Field(64, ge=1)
     lr: float = 1.5e-3
     seed: int = 0
-    empty_fraction: float = 0.12
-    item_fraction: float = 0.4
+    # Chance a training picture is an empty scene; chance its object carries an accessory item.
+    empty_fraction: float = Field(0.12, ge=0, le=1)
+    item_fraction: float = Field(0.4, ge=0, le=1)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps({"v": 1, **self.model_dump()}, sort_keys=True).encode()).hexdigest()[:12]

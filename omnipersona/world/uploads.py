@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -35,20 +35,22 @@ from omnipersona.world.layout import EvalFact, EvalManifest, EvalNegative, EvalP
 ConceptsByTenant = Mapping[str, Sequence[WorldConcept]]
 
 
-class UploadOptions(BaseModel):
+class _PictureSetOptions(BaseModel):
+    """What every written picture set has: its pictures' size."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     size: int = Field(default=64, ge=8)
+
+
+class UploadOptions(_PictureSetOptions):
     views: int = Field(default=10, ge=1)
     edits: int = Field(default=3, ge=0)
     pool_negatives: int = Field(default=30, ge=0)
     pool_seed: int = Field(default=0, ge=0)
 
 
-class EvalSetWriteOptions(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    size: int = Field(default=64, ge=8)
+class EvalSetWriteOptions(_PictureSetOptions):
     views: int = Field(default=5, ge=1)
     hard_negatives: int = Field(default=8, ge=0)
     random_negatives: int = Field(default=8, ge=0)
@@ -127,24 +129,28 @@ def write_concept_upload(
     return description
 
 
-def write_uploads(
-    concepts_by_tenant: ConceptsByTenant,
-    root: str | Path,
-    *,
-    filesystem: pafs.FileSystem | None = None,
-    options: UploadOptions = UploadOptions(),
-) -> list[str]:
-    """Every concept as `<root>/<tenant>/<concept>/...` plus the shared negative pool; returns concept dirs."""
+def _write_each(
+    concepts_by_tenant: ConceptsByTenant, root: str | Path, filesystem: pafs.FileSystem | None,
+    write_one: Callable[[WorldConcept, pafs.FileSystem, str], object],
+) -> tuple[pafs.FileSystem, str, list[str]]:
+    """`write_one(concept, fs, concept_dir)` for every concept: (filesystem, base path, concept dirs)."""
     fs, base, targets = _destinations(concepts_by_tenant, root, filesystem)
     for concept, concept_dir in targets:
-        write_concept_upload(concept, fs, concept_dir, options)
+        write_one(concept, fs, concept_dir)
+    return fs, base, [concept_dir for _, concept_dir in targets]
+
+
+def write_uploads(concepts_by_tenant: ConceptsByTenant, root: str | Path, *, filesystem: pafs.FileSystem | None = None,
+                  options: UploadOptions = UploadOptions()) -> list[str]:
+    """Every concept as `<root>/<tenant>/<concept>/...` plus the shared negative pool; returns concept dirs."""
+    fs, base, dirs = _write_each(concepts_by_tenant, root, filesystem,
+                                 lambda concept, fs, concept_dir: write_concept_upload(concept, fs, concept_dir, options))
     # Pool negatives differ from every concept in >= 2 visible attributes: never a look-alike.
     pool_seed = seeds.derive_seed(options.pool_seed, seeds.POOL)
-    pool = random_objects_unlike([c.spec for c, _ in targets], options.pool_negatives, options.size, pool_seed)
-    for i, negative in enumerate(pool):
-        path = posixpath.join(base, layout.POOL_DIR, IMAGES_DIR, layout.image_name(i))
-        _write_bytes(fs, path, _png(negative.image))
-    return [concept_dir for _, concept_dir in targets]
+    concepts = [c.spec for cs in concepts_by_tenant.values() for c in cs]
+    for i, negative in enumerate(random_objects_unlike(concepts, options.pool_negatives, options.size, pool_seed)):
+        _write_bytes(fs, posixpath.join(base, layout.POOL_DIR, IMAGES_DIR, layout.image_name(i)), _png(negative.image))
+    return dirs
 
 
 def write_eval_set(
@@ -199,19 +205,14 @@ def write_eval_set(
     return manifest
 
 
-def write_eval_sets(
-    concepts_by_tenant: ConceptsByTenant,
-    eval_root: str | Path,
-    *,
-    filesystem: pafs.FileSystem | None = None,
-    options: EvalSetWriteOptions = EvalSetWriteOptions(),
-) -> list[str]:
+def write_eval_sets(concepts_by_tenant: ConceptsByTenant, eval_root: str | Path, *,
+                    filesystem: pafs.FileSystem | None = None,
+                    options: EvalSetWriteOptions = EvalSetWriteOptions()) -> list[str]:
     """Every concept's held-out set as `<eval_root>/<tenant>/<concept>/...`; returns concept dirs."""
-    fs, _, targets = _destinations(concepts_by_tenant, eval_root, filesystem)
-    everyone = [concept for concept, _ in targets]
-    for concept, concept_dir in targets:
-        write_eval_set(concept, fs, concept_dir, options, avoid=everyone)
-    return [concept_dir for _, concept_dir in targets]
+    everyone = [c for cs in concepts_by_tenant.values() for c in cs]
+    _, _, dirs = _write_each(concepts_by_tenant, eval_root, filesystem,
+                             lambda concept, fs, concept_dir: write_eval_set(concept, fs, concept_dir, options, avoid=everyone))
+    return dirs
 
 
 def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
