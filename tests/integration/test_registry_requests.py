@@ -23,6 +23,7 @@ from tests.integration.test_register import GATE, unique, write_artifact
 pytestmark = pytest.mark.integration
 
 MOST_REQUESTS = 23  # a new concept, two pictures, the gate passed (candidate and champion set)
+PACKAGE_FILES = 9  # MLmodel, serving.py, the concept's 2 files, requirements, python_env, conda, 2 input examples
 
 
 @pytest.fixture()
@@ -60,6 +61,9 @@ def test_a_new_concept_registers_in_a_bounded_number_of_requests(mlflow_server_p
 
     assert (result.status, result.version, result.promoted, result.fresh_run) == ("registered", "1", True, True)
     assert sum(sent.values()) <= MOST_REQUESTS, sorted(sent.items())
+    # The package's nine files and the two pictures, each uploaded once (one PUT a file).
+    uploads = {key: n for key, n in sent.items() if key.startswith("PUT ")}
+    assert len(uploads) == PACKAGE_FILES + len(pictures) and set(uploads.values()) == {1}, sorted(uploads.items())
     # Nothing is read back that a create call already answered.
     assert not any(key.startswith(("GET api/2.0/mlflow/runs/get", "GET api/2.0/mlflow/registered-models/get",
                                    "GET api/2.0/mlflow/logged-models/")) for key in sent), sorted(sent.items())
