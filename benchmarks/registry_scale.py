@@ -3,6 +3,8 @@ thousands of concept models, on PostgreSQL (as production runs it) and on sqlite
 
     python -m benchmarks.registry_scale                        # 5,000 models, select 1,000, register 40 x 1/4/8 threads
     python -m benchmarks.registry_scale --models 500 --select 200 --register 16   # a quick run
+    python -m benchmarks.registry_scale --backends postgresql --models 200 --select 100 --register 8 --threads 8 --by-request 20
+                                                               # + the server's CPU per kind of request
 
 Per backend, a fresh `mlflow server` (tests/services: PostgreSQL from `pgserver`, or a sqlite file;
 artifacts in a local folder) is
@@ -20,7 +22,10 @@ artifacts in a local folder) is
 3. sent R real small concept artifacts (hidden size 64, 8 + 8 tokens, two 32-pixel pictures,
    metrics, the gate, lineage: what a job registers) through `register_many` with 1, 4 and 8
    threads (new concepts each time), then the 8-thread batch again: every concept must come back
-   `already_registered` with still one version.
+   `already_registered` with still one version;
+4. with ``--by-request N``: N more concepts registered one at a time, the server's and PostgreSQL's
+   CPU read around every request: what each kind of request costs them (a quiet machine helps:
+   the meter counts whatever the server does meanwhile).
 
 The server runs `--workers` uvicorn workers: 4 on PostgreSQL (infra/mlflow/deployment.yaml), 1 on
 sqlite (it locks under concurrent writers). The machine is shared, so besides wall time every phase
@@ -294,6 +299,55 @@ def registration(registry, run_id: str, folder: Path, count: int, threads_list: 
     return out
 
 
+def request_kind(method: str, url: str) -> str:
+    """"METHOD path" of a request to the server, ids masked, an artifact upload named by its place."""
+    import re
+
+    path = re.sub(r"m-[0-9a-f]{32}|[0-9a-f]{32}", "<id>", url.split("/", 3)[-1].split("?")[0])
+    if "mlflow-artifacts/artifacts/" in path:
+        return f"{method} artifact file ({'logged model package' if '/models/' in path else 'run'})"
+    return f"{method} {path}"
+
+
+def by_request(registry, run_id: str, folder: Path, count: int, tenants: int, meter: CpuMeter) -> list[dict]:
+    """``count`` new concepts registered one at a time (the registration phase's pictures, metrics
+    and gate); the server's and PostgreSQL's CPU is read before and after every request. Returns one
+    row per kind of request: how many a concept sends, server / PostgreSQL CPU and wall time each."""
+    import requests
+    from PIL import Image
+
+    from pipelines.evaluate.gate import Gate
+
+    gate = Gate(minimums={"recognition_accuracy": 0.6})
+    pictures = {"t2i sample": Image.new("RGB", (32, 32), "red"), "edit sample": Image.new("RGB", (32, 32), "blue")}
+    paths = write_artifacts(folder, "seq", count, tenants)
+    kinds: dict[str, list[float]] = {}
+    original = requests.Session.request
+
+    def measured(session, method, url, *args, **kwargs):
+        before, t0 = meter.read(), time.perf_counter()
+        try:
+            return original(session, method, url, *args, **kwargs)
+        finally:
+            wall, spent = time.perf_counter() - t0, CpuMeter.spent(before, meter.read())
+            row = kinds.setdefault(request_kind(method, url), [0, 0.0, 0.0, 0.0])
+            row[0] += 1
+            row[1] += spent["server"]
+            row[2] += spent["postgres"]
+            row[3] += wall
+
+    requests.Session.request = measured
+    try:
+        for k, (path, key) in enumerate(paths):  # half pass the gate, as in the registration phase
+            registry.register_concept(run_id, path, metrics={"recognition_accuracy": 0.5 + (k % 2) * 0.4},
+                                      images=pictures, gate=gate, data_uri=f"s3://uploads/{key}",
+                                      base_model_uri="s3://models/bagel-bench")
+    finally:
+        requests.Session.request = original
+    return [{"request": kind, "per_concept": n / count, "server_ms": 1000 * server / n, "postgres_ms": 1000 * pg / n,
+             "wall_ms": 1000 * wall / n} for kind, (n, server, pg, wall) in sorted(kinds.items(), key=lambda kv: -kv[1][1])]
+
+
 # ----------------------------------------------------------------------------- one backend
 def run_backend(backend: str, args, root: Path) -> dict:
     from mlflow import MlflowClient
@@ -329,10 +383,13 @@ def run_backend(backend: str, args, root: Path) -> dict:
             ))
             registered = registration(registry, run_id, folder / "concepts", args.register,
                                       [int(t) for t in args.threads.split(",")], args.tenants, meter)
+            per_request = (by_request(registry, run_id, folder / "concepts", args.by_request, args.tenants, meter)
+                           if args.by_request else [])
         finally:
             process.stop()
     return {"backend": backend, "server_workers": workers, "server_start_s": start_s, "models": args.models,
-            "prefill_s": prefill_s, "select": args.select, **looked, "register": registered}
+            "prefill_s": prefill_s, "select": args.select, **looked, "register": registered,
+            "by_request": per_request}
 
 
 class _nothing:
@@ -354,6 +411,8 @@ def parse_args(argv=None):
     p.add_argument("--prefill-threads", type=int, default=8)
     p.add_argument("--pg-workers", type=int, default=4, help="mlflow server workers on PostgreSQL")
     p.add_argument("--sqlite-workers", type=int, default=1, help="mlflow server workers on sqlite")
+    p.add_argument("--by-request", type=int, default=0, metavar="N",
+                   help="then register N concepts one at a time, measuring the server's CPU per request kind")
     return p.parse_args(argv)
 
 
@@ -398,6 +457,13 @@ def main(argv=None) -> dict:
     print(markdown_table(["backend", "server workers", "threads", f"register {args.register} (s)", "concepts/s (wall)",
                           "requests per concept", "CPU per concept (ms)", "client / server / PostgreSQL (ms)",
                           "CPU-bound ceiling on 2 dedicated cores (concepts/s)"], rows))
+    for r in results:
+        if r["by_request"]:
+            print()
+            print(f"{r['backend']}: {args.by_request} concepts registered one at a time, CPU of each request")
+            print(markdown_table(["request", "per concept", "server CPU (ms)", "PostgreSQL CPU (ms)", "wall (ms)"],
+                                 [[x["request"], round(x["per_concept"], 1), round(x["server_ms"], 1),
+                                   round(x["postgres_ms"], 1), round(x["wall_ms"], 1)] for x in r["by_request"]]))
     print()
     print(f"load before: {load_before}")
     print(f"load after:  {load_after}")
