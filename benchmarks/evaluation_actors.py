@@ -1,6 +1,6 @@
 """Evaluation actors: the gate's evaluation on 1 and on 2 Ray actors, nothing else on the cores.
 
-    python -m benchmarks.evaluation_actors                                  # 40 concepts, 16 examples, 1,2,2,1 actors
+    python -m benchmarks.evaluation_actors                                  # 200 concepts (tiny), 1,2,2,1 actors
     python -m benchmarks.evaluation_actors --concepts 12 --actors 1,2       # a smoke run
 
 The job (`pipelines.personalize.run_job`, `benchmarks.scale`'s world and config: tiny BAGEL, local
@@ -185,7 +185,7 @@ def run(args) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concepts", type=int, default=40, help="concepts the job trains, exports and then evaluates")
+    p.add_argument("--concepts", type=int, default=200, help="concepts the job trains, exports and then evaluates")
     p.add_argument("--max-examples", type=int, default=16, help="held-out examples scored per concept (the job's default)")
     p.add_argument("--actors", default="1,2,2,1", help="one evaluation pass per entry, with that many actors")
     p.add_argument("--settle", type=float, default=10.0, help="seconds between training and the first pass")
