@@ -143,6 +143,7 @@ def run(args) -> dict:
     from pipelines.config import JobConfig
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    own_models = not args.models_dir
     args.models_dir = args.models_dir or tempfile.mkdtemp(prefix="bench-evaluation-actors-models-")
     prepare_base(args)
     root = Path(tempfile.mkdtemp(prefix="bench-evaluation-actors-"))
@@ -179,6 +180,8 @@ def run(args) -> dict:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(ray_dir, ignore_errors=True)
+        if own_models:
+            shutil.rmtree(args.models_dir, ignore_errors=True)
     return {"concepts": len(exported), "max_examples": args.max_examples, "job_wall_s": time.perf_counter() - t0,
             "passes": passes}
 
@@ -209,9 +212,9 @@ def main(argv=None) -> dict:
     rows, per_count = [], {}
     for r in result["passes"]:
         per_count.setdefault(r["actors"], []).append(r)
-        rows.append([r["actors"], r["concepts"], round(r["steady_concepts_per_hour"]), r["steady_concepts"],
+        rows.append([r["actors"], r["concepts"], round(r["steady_concepts_per_hour"], 0), r["steady_concepts"],
                      round(r["steady_window_s"], 1), round(r["steady_s_per_concept_per_actor"], 2),
-                     round(r["steady_cpu_per_wall"], 2), round(r["gaps_s"] * 1000), " / ".join(f"{s:.1f}" for s in r["startup_s"]),
+                     round(r["steady_cpu_per_wall"], 2), round(r["gaps_s"] * 1000, 1), " / ".join(f"{s:.1f}" for s in r["startup_s"]),
                      round(r["end_to_end_s"], 1), round(r["end_to_end_concepts_per_hour"]),
                      "/".join(map(str, r["torch_threads"])), " ".join(r["loadavg_before"]) + " -> " + " ".join(r["loadavg_after"])])
     mean = {k: {m: sum(r[m] for r in rs) / len(rs) for m in ("steady_concepts_per_hour", "end_to_end_concepts_per_hour")}
