@@ -13,29 +13,10 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from omnipersona.world import (
-    ACCESSORIES,
-    BACKGROUNDS,
-    BODY_COLOURS,
-    PATTERNS,
-    SHAPES,
-    VISIBLE_ATTRIBUTES,
-    CaptionSample,
-    EditTriplet,
-    ObjectSpec,
-    VQASample,
-    attribute_facts,
-    caption,
-    differing_attributes,
-    make_concept,
-    make_concepts,
-    make_edit,
-    pretraining_sample,
-    pretraining_stream,
-    random_spec,
-    render,
-    render_background,
-)
+from omnipersona.world import (ACCESSORIES, BACKGROUNDS, BODY_COLOURS, PATTERNS, SHAPES, VISIBLE_ATTRIBUTES, CaptionSample,
+                               EditTriplet, ObjectSpec, VQASample, attribute_facts, caption, differing_attributes,
+                               make_concept, make_concepts, make_edit, pretraining_sample, pretraining_stream, random_spec,
+                               render, render_background)
 from omnipersona.world.concepts import NAME_PATTERN, NAMES
 from omnipersona.concepts.upload_schema import ConceptDescription
 from omnipersona.world.layout import EvalManifest
