@@ -168,6 +168,9 @@ def start_worker(spec: WorkerSpec) -> Worker:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # As many torch threads as CPUs Ray granted this worker (at least 1), whatever OMP_NUM_THREADS the
+    # job's runtime env sets for every process (infra/kuberay/rayjob.yaml: 8, for 4-CPU workers).
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     # The GPU Ray assigned to this worker (the CPU when it has none); everything goes there.
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     use_gpu = device.type == "cuda"
@@ -219,7 +222,8 @@ def announce_start(worker: Worker, resume: Resume, seconds: float) -> None:
     import ray.train
 
     resumed = resume.pack_index > 0 or resume.step > 0
-    worker.run_log.add("start", world=worker.world, node_id=ray.get_runtime_context().get_node_id(), resumed_pack_index=resume.pack_index if resumed else None,
+    worker.run_log.add("start", world=worker.world, node_id=ray.get_runtime_context().get_node_id(),
+                       torch_threads=torch.get_num_threads(), resumed_pack_index=resume.pack_index if resumed else None,
                        resumed_step=resume.step if resumed else None)
     if resumed and worker.rank == 0:
         worker.run_log.add("resume", pack=resume.pack_index + 1, pack_index=resume.pack_index, step=resume.step)

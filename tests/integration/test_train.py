@@ -66,11 +66,11 @@ ZERO3_PERSISTENCE = 5000
 
 
 def stage_config(zero: int, pack_size: int = 4, workers: int = 2, warmup_steps: int = 3, checkpoint_every: int = 2,
-                 max_failures: int = 1) -> TrainStageConfig:
+                 max_failures: int = 1, cpus_per_worker: float = 1) -> TrainStageConfig:
     return TrainStageConfig(
         recipe=recipe(warmup_steps),
         deepspeed=DeepSpeedConfig(zero_stage=zero, param_persistence_threshold=ZERO3_PERSISTENCE),
-        scaling=ScalingSettings(num_workers=workers, cpus_per_worker=1, max_failures=max_failures),
+        scaling=ScalingSettings(num_workers=workers, cpus_per_worker=cpus_per_worker, max_failures=max_failures),
         pack_size=pack_size,
         checkpoint_every=checkpoint_every,
     )
@@ -265,11 +265,12 @@ class OneTrainer:
     def __init__(self, job):
         self.job, self.concepts, self.done, self.results = job, job["specs"][:2], {}, {}
 
-    def ray(self, zero: int, warmup_steps: int = 3, workers: int = 1) -> dict[str, dict[str, torch.Tensor]]:
-        key = ("ray", zero, warmup_steps, workers)
+    def ray(self, zero: int, warmup_steps: int = 3, workers: int = 1, cpus: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+        key = ("ray", zero, warmup_steps, workers) + ((cpus,) if cpus > 1 else ())
         if key not in self.done:
-            name = f"one-z{zero}-w{warmup_steps}" + (f"-n{workers}" if workers > 1 else "")
-            cfg = stage_config(zero, pack_size=2, workers=workers, warmup_steps=warmup_steps, checkpoint_every=4)
+            name = f"one-z{zero}-w{warmup_steps}" + (f"-n{workers}" if workers > 1 else "") + (f"-c{cpus}" if cpus > 1 else "")
+            cfg = stage_config(zero, pack_size=2, workers=workers, warmup_steps=warmup_steps, checkpoint_every=4,
+                               cpus_per_worker=cpus)
             result = train(self.job, name, f"train/artifacts-{name}", cfg, specs=self.concepts)
             assert result.error is None and len(result.packs) == 1
             arts = load_all(self.job, f"train/artifacts-{name}", self.concepts)
@@ -314,7 +315,12 @@ def test_deepspeed_worker_trains_a_pack_to_the_library_paths_tokens(one_trainer,
 def test_a_different_warmup_gives_different_tokens_on_both_paths(one_trainer):
     # Warmup 1 is a constant LR: what a path that ignored the schedule would train.
     assert max_difference(one_trainer.library(3), one_trainer.library(1)) > 1e-3
-    assert max_difference(one_trainer.ray(0, 3), one_trainer.ray(0, 1)) > 1e-3
+    # This run's worker is granted 2 CPUs (the others 1): it runs 2 torch threads, whatever the
+    # environment's OMP_NUM_THREADS (1 in these tests; the KubeRay job sets 8 for 4-CPU workers).
+    assert max_difference(one_trainer.ray(0, 3), one_trainer.ray(0, 1, cpus=2)) > 1e-3
+    threads = {r["torch_threads"] for r in run_log(one_trainer.results[("ray", 0, 1, 1, 2)], "start")}
+    assert threads == {2}, threads
+    assert {r["torch_threads"] for r in run_log(one_trainer.results[("ray", 0, 3, 1)], "start")} == {1}
 
 
 # ----------------------------------------------------------------------------- independent of the number of workers
