@@ -44,15 +44,10 @@ class ConceptEvaluator:
     """One evaluation actor: the base and the judge loaded once, then one concept per call."""
 
     def __init__(self, context: EvaluationContext, evaluate: Callable):
-        import torch
-
         from pipelines.evaluate.benchmark import load_judge
+        from pipelines.threads import use_granted_cpus
 
-        # As many torch threads as CPUs Ray granted this actor (at least 1), whatever OMP_NUM_THREADS
-        # the job's runtime env sets for every worker (infra/kuberay/rayjob.yaml: 8): N one-CPU actors
-        # on a node must not each run a thread per core.
-        self.threads = max(1, int(context.cfg.evaluation.cpus_per_actor))
-        torch.set_num_threads(self.threads)
+        use_granted_cpus(context.cfg.evaluation.cpus_per_actor)
         self.context, self.evaluate_fn = context, evaluate
         self.context.bundle  # noqa: B018 - load the base now, not inside the first concept's evaluation
         self.judge = load_judge(context.cfg.evaluation, context.cfg.ingest.vit_size, log=log.info)

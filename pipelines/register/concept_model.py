@@ -98,15 +98,10 @@ def _pin(package: str) -> str:
 
 
 @functools.cache
-def _requirement_pins() -> tuple[str, ...]:
-    # Installed versions do not change while a process runs: read once (~2 ms of package metadata
-    # a concept otherwise), not per registered concept.
+def _pip_requirements() -> tuple[str, ...]:
+    # Explicit (no inference): omnipersona brings the code the model runs and pins the rest. Installed
+    # versions do not change while a process runs: read once, not per registered concept.
     return tuple(_pin(package) for package in ("omnipersona", "mlflow", "torch"))
-
-
-def _pip_requirements() -> list[str]:
-    # Explicit (no inference): omnipersona brings the code the model runs and pins the rest.
-    return list(_requirement_pins())
 
 
 def concept_folder(model_dir: str | Path) -> Path:
@@ -135,7 +130,7 @@ def _save_package(package: Path, local_dir: Path, artifact: ConceptArtifact, mlf
         model_config=config,
         signature=serving_signature(config),
         input_example=serving_example(m.display_name),
-        pip_requirements=_pip_requirements(),
+        pip_requirements=list(_pip_requirements()),
         metadata={"concept_id": m.concept_id, "format_version": m.format_version},
         mlflow_model=mlflow_model,
     )

@@ -32,6 +32,7 @@ from omnipersona.concepts.bank import ConceptBank
 from omnipersona.model.checkpoint import load_bagel
 from omnipersona.training import EarlyStopper, PackModule, StopRule, TrainConfig, heldout_examples, make_optimizer
 from pipelines.storage import StorageConfig, filesystem_for
+from pipelines.threads import use_granted_cpus
 from pipelines.train.config import DeepSpeedConfig, EarlyStoppingConfig
 from pipelines.train.example_store import read_heldout_pools, read_pools
 from pipelines.train.faults import FaultSpec, maybe_fail
@@ -168,9 +169,7 @@ def start_worker(spec: WorkerSpec) -> Worker:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # As many torch threads as CPUs Ray granted this worker (at least 1), whatever OMP_NUM_THREADS the
-    # job's runtime env sets for every process (infra/kuberay/rayjob.yaml: 8, for 4-CPU workers).
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    use_granted_cpus(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
     # The GPU Ray assigned to this worker (the CPU when it has none); everything goes there.
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     use_gpu = device.type == "cuda"
